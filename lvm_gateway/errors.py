@@ -1,0 +1,95 @@
+"""Every exception lvm-gateway raises on purpose.
+
+    LvmGatewayError                 base; never escapes to a client as a 500
+    ├── ConfigError                 policy YAML invalid; carries every error with its path
+    ├── UnknownPluginError          a policy name not in the registry (load-time, never a fallback)
+    ├── RedisUnavailableError       Redis unreachable; callers degrade, they do not crash
+    ├── RolloutError                control-plane misuse
+    │   ├── UnknownRolloutError     no rollout by that name
+    │   ├── InvalidTransitionError  e.g. advancing a RolledBack rollout
+    │   └── ConflictError           compare-and-set lost: the version moved underneath
+    ├── CheckpointError             a model checkpoint that cannot serve (wrong keys, shapes, format)
+    ├── BadRequestError             client input the gateway rejects with a 4xx (status, message)
+    └── UpstreamError               a variant failed; mapped to 502/504 in one place (gateway.upstream)
+        ├── UpstreamTimeoutError    504
+        ├── UpstreamConnectError    502, retried on another endpoint
+        ├── UpstreamStatusError     502, the variant answered 5xx
+        ├── InvalidPredictionError  502, NaN/Inf or wrong-dimension prediction
+        └── CircuitOpenError        502, no endpoint of the variant may be tried
+"""
+
+from __future__ import annotations
+
+
+class LvmGatewayError(Exception):
+    """Base of every deliberate error."""
+
+
+class ConfigError(LvmGatewayError):
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("; ".join(self.errors))
+
+
+class UnknownPluginError(LvmGatewayError):
+    pass
+
+
+class RedisUnavailableError(LvmGatewayError):
+    pass
+
+
+class RolloutError(LvmGatewayError):
+    pass
+
+
+class UnknownRolloutError(RolloutError):
+    pass
+
+
+class InvalidTransitionError(RolloutError):
+    pass
+
+
+class ConflictError(RolloutError):
+    pass
+
+
+class CheckpointError(LvmGatewayError):
+    pass
+
+
+class BadRequestError(LvmGatewayError):
+    def __init__(self, message: str, status: int = 400) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class UpstreamError(LvmGatewayError):
+    status = 502
+    kind = "upstream_error"
+
+    def __init__(self, variant: str, message: str) -> None:
+        self.variant = variant
+        super().__init__(f"{variant}: {message}")
+
+
+class UpstreamTimeoutError(UpstreamError):
+    status = 504
+    kind = "timeout"
+
+
+class UpstreamConnectError(UpstreamError):
+    kind = "connect"
+
+
+class UpstreamStatusError(UpstreamError):
+    kind = "status"
+
+
+class InvalidPredictionError(UpstreamError):
+    kind = "invalid_prediction"
+
+
+class CircuitOpenError(UpstreamError):
+    kind = "circuit_open"

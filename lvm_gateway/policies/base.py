@@ -1,0 +1,173 @@
+"""The policy interface: decide apart from act.
+
+A policy is an immutable node of a route's policy tree whose leaves are variant names. Its
+`decide(request, view)` is pure and synchronous: from what the request says (headers, lazily
+parsed body) and an immutable `RoutingView` of the dynamic state (rollout weights, open
+circuits, a random draw) it returns a `Decision`. Sending the request is the transport's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+from pydantic import BaseModel, ConfigDict
+
+from lvm_gateway.errors import BadRequestError, UnknownPluginError
+
+
+class RequestInfo:
+    """What a policy may read of a request. The body is parsed at most once, on demand."""
+
+    __slots__ = ("_json", "_parsed", "body", "headers")
+
+    def __init__(self, headers: Mapping[str, str], body: bytes) -> None:
+        self.headers = headers  # lower-case names
+        self.body = body
+        self._json: Any = None
+        self._parsed = False
+
+    def json(self) -> Any:
+        if not self._parsed:
+            self._parsed = True
+            try:
+                self._json = orjson.loads(self.body) if self.body else None
+            except orjson.JSONDecodeError as exc:
+                raise BadRequestError(f"request body is not valid JSON: {exc}") from exc
+        return self._json
+
+    def context_length(self) -> int:
+        raw = self.headers.get("x-context-length")
+        if raw is not None:
+            try:
+                return int(raw)
+            except ValueError as exc:
+                raise BadRequestError(f"X-Context-Length must be an integer, got {raw!r}") from exc
+        body = self.json()
+        ctx = body.get("context_vectors") if isinstance(body, dict) else None
+        if not isinstance(ctx, list):
+            raise BadRequestError("body needs a 'context_vectors' list to route by context length")
+        return len(ctx)
+
+    def tmd_codes(self) -> tuple[int, int, int] | None:
+        """(domain, task, modifier) from X-TMD-* headers, else the body's tmd_codes, else None."""
+        h = self.headers
+        if "x-tmd-domain" in h or "x-tmd-lane" in h:
+            try:
+                return (
+                    int(h.get("x-tmd-domain", h.get("x-tmd-lane", "0"))),
+                    int(h.get("x-tmd-task", "0")),
+                    int(h.get("x-tmd-modifier", "0")),
+                )
+            except ValueError as exc:
+                raise BadRequestError("X-TMD-* headers must be integers") from exc
+        body = self.json()
+        codes = body.get("tmd_codes") if isinstance(body, dict) else None
+        if codes is None:
+            return None
+        if (
+            not isinstance(codes, list)
+            or len(codes) != 3
+            or not all(isinstance(c, int) and not isinstance(c, bool) for c in codes)
+        ):
+            raise BadRequestError("tmd_codes must be a list of three integers [domain, task, modifier]")
+        return (codes[0], codes[1], codes[2])
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingView:
+    """The dynamic state a decision may depend on, frozen for one request."""
+
+    weights: Mapping[str, float] = field(default_factory=dict)  # rollout name -> canary weight
+    open_circuits: frozenset[str] = frozenset()
+    draw: float = 0.0  # uniform [0, 1) drawn per request by the caller, for unsticky splits
+    mirror_draw: float = 1.0  # an independent draw for mirroring decisions
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    variant: str  # the leaf that serves the client
+    fallback: str | None = None  # served instead when `variant` fails or its circuit is open
+    mirror: str | None = None  # gets a fire-and-forget copy; never delays the client
+    experts: tuple[tuple[str, float], ...] = ()  # fan-out leaves and gate weights (mixtures)
+    rollout: str | None = None  # the rollout whose split made this decision
+
+
+class Policy(Protocol):
+    def decide(self, req: RequestInfo, view: RoutingView) -> Decision: ...
+
+    def leaves(self) -> frozenset[str]:
+        """Every variant this subtree can send to (reference checks, warm-up)."""
+        ...
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+# A policy tree node as written in YAML: a variant name, or a one-key mapping {policy: params}.
+PolicySpec = str | dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a policy builder needs beyond its own params."""
+
+    variants: frozenset[str]
+    build: Callable[[PolicySpec, str], Policy]  # builds a child node at a path
+    # A canary policy calls this to learn which rollout (if any) drives its weight.
+    claim_rollout: Callable[[str], str | None]
+
+
+@dataclass(frozen=True)
+class PolicyPlugin:
+    name: str
+    params: type[StrictModel]
+    build: Callable[[Any, BuildContext, str], Policy]  # (params, ctx, path) -> Policy
+
+
+_REGISTRY: dict[str, PolicyPlugin] = {}
+
+
+def register(plugin: PolicyPlugin) -> PolicyPlugin:
+    if plugin.name in _REGISTRY:
+        raise ValueError(f"policy {plugin.name!r} registered twice")
+    _REGISTRY[plugin.name] = plugin
+    return plugin
+
+
+def plugin(name: str) -> PolicyPlugin:
+    _load_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownPluginError(
+            f"unknown policy {name!r}; known policies: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def plugins() -> dict[str, PolicyPlugin]:
+    _load_builtin()
+    return dict(_REGISTRY)
+
+
+def _load_builtin() -> None:
+    # Importing a policy module registers it; the list is the one place that names them.
+    import lvm_gateway.policies.canary
+    import lvm_gateway.policies.context_length
+    import lvm_gateway.policies.header  # noqa: F401
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """A variant name in leaf position."""
+
+    variant: str
+
+    def decide(self, req: RequestInfo, view: RoutingView) -> Decision:
+        return Decision(self.variant)
+
+    def leaves(self) -> frozenset[str]:
+        return frozenset({self.variant})

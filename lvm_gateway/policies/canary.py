@@ -1,0 +1,113 @@
+"""`canary`: a weighted split between a stable and a canary subtree, sticky per user.
+
+A user's position is a stable hash of the sticky header into [0, 100); the user is in the canary
+when that position is below the weight. Raising the weight therefore only ever adds users to the
+canary (monotone stickiness): whoever was in at 10% is still in at 20% and 50%. Requests without
+the header are split by the per-request random draw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from pydantic import Field
+
+from lvm_gateway.policies.base import (
+    BuildContext,
+    Decision,
+    Policy,
+    PolicyPlugin,
+    PolicySpec,
+    RequestInfo,
+    RoutingView,
+    StrictModel,
+    register,
+)
+
+_SCALE = 100.0 / 2**64
+
+
+def bucket(key: str, salt: bytes) -> float:
+    """Position of a sticky key in [0, 100): uniform, stable across processes and restarts."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8, key=salt).digest()
+    return int.from_bytes(digest, "big") * _SCALE
+
+
+class StickySpec(StrictModel):
+    header: str = "X-User-Id"
+
+
+class MirrorSpec(StrictModel):
+    variant: str
+    percent: float = Field(default=100, ge=0, le=100)
+
+
+class CanaryParams(StrictModel):
+    stable: PolicySpec
+    canary: PolicySpec
+    weight: float = Field(default=0, ge=0, le=100)
+    sticky: StickySpec | None = None
+    mirror: MirrorSpec | None = None
+    salt: str | None = Field(default=None, max_length=64)
+
+
+@dataclass(frozen=True, slots=True)
+class Canary:
+    stable: Policy
+    canary: Policy
+    weight: float
+    sticky_header: str | None  # lower-case
+    salt: bytes
+    mirror: str | None = None
+    mirror_percent: float = 0.0
+    rollout: str | None = None
+
+    def weight_in(self, view: RoutingView) -> float:
+        if self.rollout is None:
+            return self.weight
+        return view.weights.get(self.rollout, self.weight)
+
+    def decide(self, req: RequestInfo, view: RoutingView) -> Decision:
+        weight = self.weight_in(view)
+        key = req.headers.get(self.sticky_header) if self.sticky_header else None
+        position = bucket(key, self.salt) if key else view.draw * 100.0
+        stable = self.stable.decide(req, view)
+        mirror = self.mirror if self.mirror and view.mirror_draw * 100.0 < self.mirror_percent else None
+        if position >= weight:
+            return Decision(stable.variant, stable.fallback, mirror or stable.mirror,
+                            stable.experts, self.rollout)
+        chosen = self.canary.decide(req, view)
+        if chosen.variant in view.open_circuits:
+            # The canary's circuit is open: serve stable, as if the user were outside the canary.
+            return Decision(stable.variant, stable.fallback, mirror or stable.mirror,
+                            stable.experts, self.rollout)
+        fallback = stable.variant if stable.variant != chosen.variant else chosen.fallback
+        return Decision(chosen.variant, fallback, mirror or chosen.mirror, chosen.experts,
+                        self.rollout)
+
+    def leaves(self) -> frozenset[str]:
+        extra = {self.mirror} if self.mirror else set()
+        return self.stable.leaves() | self.canary.leaves() | extra
+
+
+def _build(p: CanaryParams, ctx: BuildContext, path: str) -> Canary:
+    stable = ctx.build(p.stable, f"{path}.stable")
+    canary = ctx.build(p.canary, f"{path}.canary")
+    if p.mirror is not None:
+        ctx.build(p.mirror.variant, f"{path}.mirror.variant")
+    rollout = ctx.claim_rollout(path)
+    salt = p.salt if p.salt is not None else (rollout or "/".join(sorted(canary.leaves())))
+    return Canary(
+        stable=stable,
+        canary=canary,
+        weight=p.weight,
+        sticky_header=p.sticky.header.lower() if p.sticky else None,
+        salt=salt.encode()[:64],
+        mirror=p.mirror.variant if p.mirror else None,
+        mirror_percent=p.mirror.percent if p.mirror else 0.0,
+        rollout=rollout,
+    )
+
+
+PLUGIN = register(PolicyPlugin("canary", CanaryParams, _build))
