@@ -1,21 +1,21 @@
 """Every exception lvm-gateway raises on purpose.
 
-    LvmGatewayError                 base; never escapes to a client as a 500
-    ├── ConfigError                 policy YAML invalid; carries every error with its path
-    ├── UnknownPluginError          a policy name not in the registry (load-time, never a fallback)
-    ├── RedisUnavailableError       Redis unreachable; callers degrade, they do not crash
-    ├── RolloutError                control-plane misuse
-    │   ├── UnknownRolloutError     no rollout by that name
-    │   ├── InvalidTransitionError  e.g. advancing a RolledBack rollout
-    │   └── ConflictError           compare-and-set lost: the version moved underneath
-    ├── CheckpointError             a model checkpoint that cannot serve (wrong keys, shapes, format)
-    ├── BadRequestError             client input the gateway rejects with a 4xx (status, message)
-    └── UpstreamError               a variant failed; mapped to 502/504 in one place (gateway.upstream)
-        ├── UpstreamTimeoutError    504
-        ├── UpstreamConnectError    502, retried on another endpoint
-        ├── UpstreamStatusError     502, the variant answered 5xx
-        ├── InvalidPredictionError  502, NaN/Inf or wrong-dimension prediction
-        └── CircuitOpenError        502, no endpoint of the variant may be tried
+LvmGatewayError                 base; never escapes to a client as a 500
+├── ConfigError                 policy YAML invalid; carries every error with its path
+├── UnknownPluginError          a policy name not in the registry (load-time, never a fallback)
+├── RedisUnavailableError       Redis unreachable; callers degrade, they do not crash
+├── RolloutError                control-plane misuse
+│   ├── UnknownRolloutError     no rollout by that name
+│   ├── InvalidTransitionError  e.g. advancing a RolledBack rollout
+│   └── ConflictError           compare-and-set lost: the version moved underneath
+├── CheckpointError             a checkpoint that cannot serve (wrong keys, shapes, format)
+├── BadRequestError             client input the gateway rejects with a 4xx (status, message)
+└── UpstreamError               a variant failed; mapped to 502/504 in gateway.upstream
+    ├── UpstreamTimeoutError    504
+    ├── UpstreamConnectError    502, retried on another endpoint
+    ├── UpstreamStatusError     502, the variant answered 5xx
+    ├── InvalidPredictionError  502, NaN/Inf or wrong-dimension prediction
+    └── CircuitOpenError        502, no endpoint of the variant may be tried
 """
 
 from __future__ import annotations

@@ -160,12 +160,13 @@ class _TreeBuilder:
     def build(self, spec: PolicySpec, path: str) -> Policy:
         if isinstance(spec, str):
             if spec not in self.ctx.variants:
-                self.errors.append(
-                    f"{path}: unknown variant {spec!r}; declared: {', '.join(sorted(self.ctx.variants))}"
-                )
+                declared = ", ".join(sorted(self.ctx.variants))
+                self.errors.append(f"{path}: unknown variant {spec!r}; declared: {declared}")
             return Leaf(spec)
         if not isinstance(spec, dict) or len(spec) != 1:
-            self.errors.append(f"{path}: must be a variant name or a mapping with exactly one policy")
+            self.errors.append(
+                f"{path}: must be a variant name or a mapping with exactly one policy"
+            )
             return Leaf("?")
         ((name, raw),) = spec.items()
         try:

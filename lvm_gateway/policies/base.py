@@ -72,7 +72,9 @@ class RequestInfo:
             or len(codes) != 3
             or not all(isinstance(c, int) and not isinstance(c, bool) for c in codes)
         ):
-            raise BadRequestError("tmd_codes must be a list of three integers [domain, task, modifier]")
+            raise BadRequestError(
+                "tmd_codes must be a list of three integers [domain, task, modifier]"
+            )
         return (codes[0], codes[1], codes[2])
 
 

@@ -73,18 +73,31 @@ class Canary:
         key = req.headers.get(self.sticky_header) if self.sticky_header else None
         position = bucket(key, self.salt) if key else view.draw * 100.0
         stable = self.stable.decide(req, view)
-        mirror = self.mirror if self.mirror and view.mirror_draw * 100.0 < self.mirror_percent else None
+        mirror = (
+            self.mirror if self.mirror and view.mirror_draw * 100.0 < self.mirror_percent else None
+        )
         if position >= weight:
-            return Decision(stable.variant, stable.fallback, mirror or stable.mirror,
-                            stable.experts, self.rollout)
+            return Decision(
+                stable.variant,
+                stable.fallback,
+                mirror or stable.mirror,
+                stable.experts,
+                self.rollout,
+            )
         chosen = self.canary.decide(req, view)
         if chosen.variant in view.open_circuits:
             # The canary's circuit is open: serve stable, as if the user were outside the canary.
-            return Decision(stable.variant, stable.fallback, mirror or stable.mirror,
-                            stable.experts, self.rollout)
+            return Decision(
+                stable.variant,
+                stable.fallback,
+                mirror or stable.mirror,
+                stable.experts,
+                self.rollout,
+            )
         fallback = stable.variant if stable.variant != chosen.variant else chosen.fallback
-        return Decision(chosen.variant, fallback, mirror or chosen.mirror, chosen.experts,
-                        self.rollout)
+        return Decision(
+            chosen.variant, fallback, mirror or chosen.mirror, chosen.experts, self.rollout
+        )
 
     def leaves(self) -> frozenset[str]:
         extra = {self.mirror} if self.mirror else set()
