@@ -100,6 +100,8 @@ class Route:
     policy: Policy
     fallback: bool
     rollout: str | None  # the rollout that drives this route's canary, if any
+    stable: str | None = None  # that canary policy's stable and canary names
+    canary: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,11 +152,11 @@ class _TreeBuilder:
     def __init__(self, variants: frozenset[str], rollout: str | None) -> None:
         self.errors: list[str] = []
         self.rollout = rollout
-        self.claims: list[str] = []
+        self.claims: list[tuple[str, str, str]] = []  # (path, stable, canary)
         self.ctx = BuildContext(variants=variants, build=self.build, claim_rollout=self.claim)
 
-    def claim(self, path: str) -> str | None:
-        self.claims.append(path)
+    def claim(self, path: str, stable: str, canary: str) -> str | None:
+        self.claims.append((path, stable, canary))
         return self.rollout
 
     def build(self, spec: PolicySpec, path: str) -> Policy:
@@ -226,6 +228,8 @@ def parse_config(data: Any, source: str = "") -> Config:
             policy=policy,
             fallback=r.fallback,
             rollout=tb.rollout,
+            stable=tb.claims[0][1] if tb.rollout and tb.claims else None,
+            canary=tb.claims[0][2] if tb.rollout and tb.claims else None,
         )
     if errors:
         raise ConfigError(errors)

@@ -119,8 +119,9 @@ class BuildContext:
 
     variants: frozenset[str]
     build: Callable[[PolicySpec, str], Policy]  # builds a child node at a path
-    # A canary policy calls this to learn which rollout (if any) drives its weight.
-    claim_rollout: Callable[[str], str | None]
+    # A canary policy calls this with (path, stable name, canary name) to learn which rollout,
+    # if any, drives its weight.
+    claim_rollout: Callable[[str, str, str], str | None]
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,11 @@ def _load_builtin() -> None:
     import lvm_gateway.policies.canary
     import lvm_gateway.policies.context_length
     import lvm_gateway.policies.header  # noqa: F401
+
+
+def display_name(policy: Policy) -> str:
+    """A subtree's name in X-Variant, metrics and rollouts: a leaf's variant, else its name."""
+    return getattr(policy, "variant", None) or getattr(policy, "name", type(policy).__name__)
 
 
 @dataclass(frozen=True, slots=True)

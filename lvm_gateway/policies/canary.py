@@ -22,6 +22,7 @@ from lvm_gateway.policies.base import (
     RequestInfo,
     RoutingView,
     StrictModel,
+    display_name,
     register,
 )
 
@@ -109,7 +110,7 @@ def _build(p: CanaryParams, ctx: BuildContext, path: str) -> Canary:
     canary = ctx.build(p.canary, f"{path}.canary")
     if p.mirror is not None:
         ctx.build(p.mirror.variant, f"{path}.mirror.variant")
-    rollout = ctx.claim_rollout(path)
+    rollout = ctx.claim_rollout(path, display_name(stable), display_name(canary))
     salt = p.salt if p.salt is not None else (rollout or "/".join(sorted(canary.leaves())))
     return Canary(
         stable=stable,
