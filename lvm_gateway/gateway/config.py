@@ -84,6 +84,7 @@ class ConfigSpec(StrictModel):
     rollouts: dict[str, RolloutSpec] = {}
     feedback: FeedbackSpec = FeedbackSpec()
     redis_prefix: str = "lvmgw"
+    mirror_max_inflight: int = Field(default=64, ge=0)  # mirrored copies beyond this are dropped
 
     @field_validator("variants")
     @classmethod

@@ -1,0 +1,323 @@
+"""The gateway's ASGI application: route, decide, proxy, record.
+
+A plain ASGI callable rather than a framework: the data plane's only routes are the configured
+proxy paths plus four fixed endpoints, and every microsecond on this path is paid per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+import orjson
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from lvm_gateway.errors import BadRequestError, CircuitOpenError, ConfigError, UpstreamError
+from lvm_gateway.gateway.circuit import Circuits
+from lvm_gateway.gateway.config import Config, Route, load_config
+from lvm_gateway.gateway.metrics import MetricsRecorder
+from lvm_gateway.gateway.mirror import Mirror
+from lvm_gateway.gateway.reload import ConfigWatcher
+from lvm_gateway.gateway.upstream import UpstreamPool, UpstreamResponse, error_body
+from lvm_gateway.policies.base import Decision, RequestInfo, RoutingView
+
+log = logging.getLogger("lvm_gateway")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+# Not forwarded upstream: hop-by-hop headers, and those aiohttp sets itself.
+_DROP_HEADERS = frozenset(
+    {"host", "connection", "keep-alive", "content-length", "transfer-encoding", "upgrade",
+     "proxy-connection", "te", "trailer", "expect"}
+)  # fmt: skip
+_JSON = b"application/json"
+
+
+class RecorderLike(Protocol):
+    def record_request(
+        self, variant: str, latency_s: float, error: bool, lane: str | None = None
+    ) -> None: ...
+
+
+class DataPlaneLike(Protocol):
+    """What the gateway needs from the control plane (rollout.dataplane.RolloutDataPlane)."""
+
+    @property
+    def weights(self) -> Mapping[str, float]: ...
+    @property
+    def connected(self) -> bool: ...
+    @property
+    def recorder(self) -> RecorderLike: ...
+    async def start(self, config: Config) -> None: ...
+    async def on_config(self, config: Config) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def _json(status: int, payload: dict[str, Any]) -> tuple[int, bytes]:
+    return status, orjson.dumps(payload)
+
+
+class GatewayApp:
+    def __init__(
+        self,
+        config: Config,
+        dataplane: DataPlaneLike,
+        registry: CollectorRegistry | None = None,
+        watch: bool = True,
+    ) -> None:
+        self.config = config
+        self.dataplane = dataplane
+        self.registry = registry or CollectorRegistry()
+        self.metrics = MetricsRecorder(self.registry)
+        self.pool = UpstreamPool()
+        self.circuits = Circuits({}, self.metrics.circuit)
+        self.mirror = Mirror(self.pool, self.metrics, max_inflight=config.spec.mirror_max_inflight)
+        self.watcher = (
+            ConfigWatcher(config.source, self._reload) if watch and config.source else None
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._random = random.random
+        self._started = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        self._apply(self.config)
+        self.metrics.reload(True, time.time())
+        await self.dataplane.start(self.config)
+        if self.watcher is not None:
+            self._tasks.append(asyncio.create_task(self.watcher.run()))
+        self._started = True
+
+    async def shutdown(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.mirror.drain(timeout_s=2.0)
+        await self.dataplane.stop()
+        self.pool.close()
+
+    def _apply(self, config: Config) -> None:
+        self.pool.configure(dict(config.variants))
+        self.circuits.configure({n: v.circuit for n, v in config.variants.items()})
+        self.mirror.max_inflight = config.spec.mirror_max_inflight
+        self.config = config
+
+    async def _reload(self, path: str) -> None:
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            self.metrics.reload(False, time.time())
+            log.error(
+                "config reload rejected, still serving %s: %s",
+                self.config.digest,
+                "; ".join(exc.errors),
+            )
+            return
+        self._apply(config)
+        self.metrics.reload(True, time.time())
+        log.info("config reloaded from %s (digest %s)", path, config.digest)
+        await self.dataplane.on_config(config)
+        self._tasks.append(asyncio.create_task(self.pool.close_retired(grace_s=60.0)))
+
+    # -- ASGI --------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # report start-up failure to the server, then stop
+                    log.exception("gateway failed to start")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        route = self.config.routes.get(path)
+        if route is None:
+            status, body, ctype = self._builtin(path, scope["method"])
+            await _respond(send, status, body, ctype, ())
+            return
+        started = time.perf_counter()
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        request_id = headers.get("x-request-id") or os.urandom(12).hex()
+        variant = "none"
+        try:
+            if scope["method"] not in route.methods:
+                allowed = ", ".join(sorted(route.methods))
+                raise BadRequestError(
+                    f"{scope['method']} not allowed on {path}; use {allowed}", status=405
+                )
+            body = await _read_body(receive)
+            status, payload, ctype, variant = await self._proxy(
+                route, scope, headers, body, request_id
+            )
+        except BadRequestError as exc:
+            self.metrics.bad_request(path)
+            status, payload = _json(
+                exc.status, {"error": "bad_request", "message": str(exc), "request_id": request_id}
+            )
+            ctype = _JSON
+        except Exception:  # never a 500: a bug here is logged loudly and answered as a 502
+            log.exception("unexpected error proxying %s", path)
+            status, payload = _json(
+                502,
+                {
+                    "error": "gateway_error",
+                    "message": "internal gateway error (logged)",
+                    "request_id": request_id,
+                },
+            )
+            ctype = _JSON
+        extra = ((b"x-request-id", request_id.encode()), (b"x-variant", variant.encode()))
+        await _respond(send, status, payload, ctype, extra)
+        self.metrics.request(path, variant, status, time.perf_counter() - started)
+
+    async def _proxy(
+        self, route: Route, scope: Scope, headers: dict[str, str], body: bytes, request_id: str
+    ) -> tuple[int, bytes, bytes, str]:
+        view = RoutingView(
+            weights=self.dataplane.weights,
+            open_circuits=self.circuits.open_set(),
+            draw=self._random(),
+            mirror_draw=self._random(),
+        )
+        decision = route.policy.decide(RequestInfo(headers, body), view)
+        forward = {k: v for k, v in headers.items() if k not in _DROP_HEADERS}
+        forward["x-request-id"] = request_id
+        target = route.path + (
+            f"?{scope['query_string'].decode()}" if scope["query_string"] else ""
+        )
+        if decision.mirror is not None:
+            self.mirror.submit(decision.mirror, target, body, forward)
+        try:
+            resp = await self._call(decision.variant, target, body, forward)
+            return resp.status, resp.body, resp.content_type.encode() or _JSON, decision.variant
+        except UpstreamError as exc:
+            fallback = self._fallback_for(route, decision)
+            if fallback is None:
+                status, payload = error_body(exc, request_id)
+                return status, payload, _JSON, decision.variant
+            self.metrics.fallback(route.path, decision.variant, fallback)
+            try:
+                resp = await self._call(fallback, target, body, forward)
+            except UpstreamError as exc2:
+                status, payload = error_body(exc2, request_id)
+                return status, payload, _JSON, fallback
+            return resp.status, resp.body, resp.content_type.encode() or _JSON, fallback
+
+    @staticmethod
+    def _fallback_for(route: Route, decision: Decision) -> str | None:
+        return decision.fallback if route.fallback else None
+
+    async def _call(
+        self, variant: str, target: str, body: bytes, headers: dict[str, str]
+    ) -> UpstreamResponse:
+        client = self.pool.clients[variant]
+        if self.circuits.is_open(variant):
+            exc: UpstreamError = CircuitOpenError(variant, "circuit open after repeated errors")
+            self.metrics.upstream_error(variant, exc.kind)
+            raise exc
+        t0 = time.perf_counter()
+        try:
+            resp = await client.post(target, body, headers)
+        except UpstreamError as exc:
+            self.circuits.record(variant, True)
+            self.metrics.upstream_error(variant, exc.kind)
+            self.dataplane.recorder.record_request(variant, time.perf_counter() - t0, True)
+            raise
+        self.circuits.record(variant, False)
+        self.dataplane.recorder.record_request(variant, time.perf_counter() - t0, False)
+        return resp
+
+    # -- fixed endpoints ---------------------------------------------------------------------
+
+    def _builtin(self, path: str, method: str) -> tuple[int, bytes, bytes]:
+        if path == "/healthz":
+            return 200, b'{"status":"ok"}', _JSON
+        if path == "/readyz":
+            return self._readyz()
+        if path == "/metrics":
+            return 200, generate_latest(self._exposed_registry()), CONTENT_TYPE_LATEST.encode()
+        status, body = _json(
+            404,
+            {
+                "error": "not_found",
+                "message": f"no route for {path}",
+                "routes": sorted(self.config.routes),
+            },
+        )
+        return status, body, _JSON
+
+    def _exposed_registry(self) -> CollectorRegistry:
+        # With --workers N every worker writes its samples to shared files; any worker answers
+        # a scrape with the merged view, so counters never jump between scrapes.
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return self.registry
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)
+        return merged
+
+    def _readyz(self) -> tuple[int, bytes, bytes]:
+        # Degraded (no Redis) still serves with the last known weights, so it stays in rotation.
+        if not self._started:
+            return 503, b'{"status":"starting"}', _JSON
+        connected = self.dataplane.connected
+        status, body = _json(200, {
+            "status": "ready" if connected else "degraded",
+            "redis": "connected" if connected else "unreachable",
+            "config": self.config.digest,
+        })  # fmt: skip
+        return status, body, _JSON
+
+
+async def _read_body(receive: Receive) -> bytes:
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body"):
+        return body
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body"):
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BadRequestError(f"request body larger than {MAX_BODY_BYTES} bytes", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, ctype: bytes, extra: tuple[tuple[bytes, bytes], ...]
+) -> None:
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), *extra],
+    })  # fmt: skip
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,134 @@
+"""`lvm-gateway serve | validate | schema`: thin verbs over importable functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+import tempfile
+
+from lvm_gateway.errors import ConfigError, RedisUnavailableError
+from lvm_gateway.gateway.config import json_schema, load_config
+
+_ENV_CONFIG = "LVMGW_CONFIG"
+_ENV_REDIS = "LVMGW_REDIS_URL"
+_ENV_CONTROLLER = "LVMGW_CONTROLLER"
+
+
+def validate(path: str) -> list[str]:
+    """Every error in the policy file, each with its path; empty when valid."""
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        return exc.errors
+    return []
+
+
+def build_app() -> object:
+    """uvicorn factory: every worker builds its own app from the environment `serve` set."""
+    from lvm_gateway.gateway.app import GatewayApp
+    from lvm_gateway.rollout.dataplane import RolloutDataPlane
+
+    config = load_config(os.environ[_ENV_CONFIG])
+    dataplane = RolloutDataPlane(
+        redis_url=os.environ[_ENV_REDIS],
+        prefix=config.spec.redis_prefix,
+        run_controller=os.environ.get(_ENV_CONTROLLER, "1") == "1",
+        identity=f"{socket.gethostname()}:{os.getpid()}",
+    )
+    return GatewayApp(config, dataplane)
+
+
+def serve(
+    config_path: str,
+    host: str,
+    port: int,
+    redis: str | None,
+    workers: int,
+    controller: bool,
+    log_level: str,
+) -> None:
+    import uvicorn
+
+    from lvm_gateway.redisconn import resolve_redis_url
+
+    load_config(config_path)  # fail before forking workers, with every error listed
+    os.environ[_ENV_CONFIG] = os.path.abspath(config_path)
+    os.environ[_ENV_REDIS] = resolve_redis_url(redis)
+    os.environ[_ENV_CONTROLLER] = "1" if controller else "0"
+    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lvmgw-metrics-")
+    uvicorn.run(
+        "lvm_gateway.gateway.cli:build_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers if workers > 1 else None,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=log_level,
+        timeout_graceful_shutdown=5,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lvm-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="verb", required=True)
+    p_serve = sub.add_parser("serve", help="proxy the configured routes")
+    p_serve.add_argument("--config", required=True, help="policy YAML (hot-reloaded)")
+    p_serve.add_argument("--host", default="127.0.0.1")
+    p_serve.add_argument("--port", type=int, default=8080)
+    p_serve.add_argument(
+        "--redis", default=None, help="Redis URL (default: $REDIS_URL, else embedded)"
+    )
+    p_serve.add_argument("--workers", type=int, default=1)
+    p_serve.add_argument(
+        "--no-controller",
+        action="store_true",
+        help="do not run the rollout controller in this process",
+    )
+    p_serve.add_argument("--log-level", default="info")
+    p_val = sub.add_parser("validate", help="check a policy file; exit 2 listing every error")
+    p_val.add_argument("file")
+    sub.add_parser("schema", help="print the policy file's JSON Schema (for editors)")
+    args = parser.parse_args(argv)
+
+    if args.verb == "validate":
+        errors = validate(args.file)
+        for e in errors:
+            print(e, file=sys.stderr)
+        if errors:
+            return 2
+        print(f"{args.file}: valid")
+        return 0
+    if args.verb == "schema":
+        print(json.dumps(json_schema(), indent=2))
+        return 0
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    try:
+        serve(
+            args.config,
+            args.host,
+            args.port,
+            args.redis,
+            args.workers,
+            not args.no_controller,
+            args.log_level,
+        )
+    except ConfigError as exc:
+        for e in exc.errors:
+            print(e, file=sys.stderr)
+        return 2
+    except RedisUnavailableError as exc:
+        print(f"lvm-gateway: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

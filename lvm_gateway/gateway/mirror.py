@@ -1,0 +1,45 @@
+"""Mirroring: fire-and-forget copies to another variant with bounded concurrency.
+
+A copy never delays or changes the client's response: it is a detached task, and when the bound
+is reached the copy is dropped (and counted) rather than queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from lvm_gateway.errors import UpstreamError
+from lvm_gateway.gateway.metrics import MetricsRecorder
+from lvm_gateway.gateway.upstream import UpstreamPool
+
+
+class Mirror:
+    def __init__(self, pool: UpstreamPool, metrics: MetricsRecorder, max_inflight: int) -> None:
+        self.pool = pool
+        self.metrics = metrics
+        self.max_inflight = max_inflight
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, variant: str, target: str, body: bytes, headers: dict[str, str]) -> None:
+        if len(self._tasks) >= self.max_inflight:
+            self.metrics.mirror(variant, "dropped")
+            return
+        task = asyncio.create_task(self._send(variant, target, body, {**headers, "x-mirror": "1"}))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, variant: str, target: str, body: bytes, headers: dict[str, str]) -> None:
+        client = self.pool.clients.get(variant)
+        if client is None:  # removed by a reload while this copy waited
+            self.metrics.mirror(variant, "dropped")
+            return
+        try:
+            await client.post(target, body, headers)
+        except UpstreamError:
+            self.metrics.mirror(variant, "failed")
+            return
+        self.metrics.mirror(variant, "sent")
+
+    async def drain(self, timeout_s: float) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)
