@@ -1,0 +1,348 @@
+"""`lvm-serve`: the reference LVM model server speaking the seed's wire protocol.
+
+Profiles `phase1`/`phase2` serve the analytic predictors of the synthetic world (or, with
+`--checkpoint`, a trained model) on aiohttp; `stub` is a raw asyncio protocol that answers every
+request with one constant valid response, as upstream for proxy benchmarks. Fault knobs
+(`--latency-ms`, `--error-rate`, `--nan-rate`) apply to every profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import math
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httptools
+import numpy as np
+import orjson
+import uvloop
+from aiohttp import web
+
+from lvm_gateway.errors import BadRequestError, LvmGatewayError
+from lvm_gateway.lvm.predictor import DEFAULT_DEGRADE_FACTOR, PROFILES, Predictor, analytic
+from lvm_gateway.lvm.world import DIM, N_LANES, N_MODIFIERS, N_TASKS, World
+
+_TMD_LIMITS = (N_LANES, N_TASKS, N_MODIFIERS)
+Closer = Callable[[], Any]
+_N_NEIGHBORS = 10
+
+
+def parse_infer_request(body: bytes) -> tuple[np.ndarray, tuple[int, int, int] | None]:
+    """Validate an `/infer` body; the context as (n, 768) float32 and the TMD code if sent."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestError(f"body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadRequestError("body must be a JSON object")
+    ctx = doc.get("context_vectors")
+    if not isinstance(ctx, list) or not ctx:
+        raise BadRequestError("context_vectors must be a non-empty list of 768-d vectors")
+    for i, row in enumerate(ctx):
+        if not isinstance(row, list) or len(row) != DIM:
+            size = len(row) if isinstance(row, list) else type(row).__name__
+            raise BadRequestError(
+                f"context_vectors[{i}] must be a list of {DIM} numbers, got {size}"
+            )
+    arr = np.asarray(ctx)
+    if arr.dtype.kind not in "fiu":
+        raise BadRequestError("context_vectors must contain only numbers")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        row = int(np.argwhere(~np.isfinite(arr))[0, 0])
+        raise BadRequestError(f"context_vectors[{row}] has a non-finite number (NaN/Inf/overflow)")
+    temperature = doc.get("temperature", 0.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or temperature < 0:
+        raise BadRequestError("temperature must be a number >= 0")
+    if not isinstance(doc.get("normalize", True), bool):
+        raise BadRequestError("normalize must be true or false")
+    return arr, _parse_tmd(doc.get("tmd_codes"))
+
+
+def _parse_tmd(raw: Any) -> tuple[int, int, int] | None:
+    if raw is None:
+        return None
+    if (
+        not isinstance(raw, list)
+        or len(raw) != 3
+        or not all(isinstance(x, int) and not isinstance(x, bool) for x in raw)
+        or not all(0 <= x < limit for x, limit in zip(raw, _TMD_LIMITS, strict=True))
+    ):
+        raise BadRequestError(
+            "tmd_codes must be [domain 0-15, task 0-31, modifier 0-63] as integers"
+        )
+    return raw[0], raw[1], raw[2]
+
+
+class Faults:
+    """The injected failures; one seeded draw per request so runs are reproducible."""
+
+    def __init__(self, error_rate: float, nan_rate: float, seed: int) -> None:
+        self.error_rate = error_rate
+        self.nan_rate = nan_rate
+        self._rng = random.Random(seed)
+
+    def draw(self) -> str | None:
+        if not (self.error_rate or self.nan_rate):
+            return None
+        u = self._rng.random()
+        if u < self.error_rate:
+            return "error"
+        if u < self.error_rate + self.nan_rate:
+            return "nan"
+        return None
+
+
+_ERROR_BODY = orjson.dumps({"error": "injected fault (--error-rate)"})
+
+
+def _nan_body(payload: dict[str, Any]) -> bytes:
+    # JSON has no NaN; emit the `NaN` token that Python's json (and so most model servers) write.
+    vec = [float(x) for x in payload["predicted_vector"]]
+    vec[0] = math.nan
+    return json.dumps({**payload, "predicted_vector": vec}).encode()
+
+
+class InferService:
+    """The `/infer` logic of the predictor profiles, apart from the HTTP framework."""
+
+    def __init__(
+        self, predictor: Predictor, world: World, faults: Faults, latency_ms: float
+    ) -> None:
+        self.predictor = predictor
+        self.world = world
+        self.faults = faults
+        self.latency_s = latency_ms / 1000.0
+
+    async def infer(self, body: bytes) -> tuple[int, bytes]:
+        t0 = time.perf_counter()
+        try:
+            context, tmd = parse_infer_request(body)
+        except BadRequestError as exc:
+            return exc.status, orjson.dumps({"error": str(exc)})
+        fault = self.faults.draw()
+        if self.latency_s > 0:
+            await asyncio.sleep(self.latency_s)
+        if fault == "error":
+            return 500, _ERROR_BODY
+        vec = np.asarray(self.predictor.predict(context, tmd), dtype=np.float32)
+        neighbors = self.world.neighbors(vec, _N_NEIGHBORS)
+        payload = {
+            "predicted_vector": vec,
+            "confidence": max(0.0, neighbors[0][1]),
+            "latency_ms": (time.perf_counter() - t0) * 1000.0,
+            "model_type": self.predictor.model_type,
+            "neighbors": [{"id": cid, "score": score} for cid, score in neighbors],
+        }
+        if fault == "nan":
+            return 200, _nan_body(payload)
+        return 200, orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def build_app(service: InferService) -> web.Application:
+    health = orjson.dumps({"status": "ok", "model_type": service.predictor.model_type})
+
+    async def infer(request: web.Request) -> web.Response:
+        status, body = await service.infer(await request.read())
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(body=health, content_type="application/json")
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/infer", infer)
+    app.router.add_get("/health", healthz)
+    return app
+
+
+def _http(status: int, body: bytes, keep_alive: bool = True) -> bytes:
+    reason = {200: "OK", 400: "Bad Request", 500: "Internal Server Error"}[status]
+    conn = b"" if keep_alive else b"Connection: close\r\n"
+    head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+    return head.encode() + conn + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+class StubResponses:
+    """Every wire response the stub can give, encoded once at start-up."""
+
+    def __init__(self, world: World, faults: Faults, latency_ms: float) -> None:
+        vec = np.zeros(DIM, dtype=np.float32)
+        vec[0] = 1.0  # a unit vector that encodes in a few KB
+        payload = {
+            "predicted_vector": vec,
+            "confidence": 1.0,
+            "latency_ms": 0.0,
+            "model_type": "stub",
+            "neighbors": [{"id": c, "score": s} for c, s in world.neighbors(vec, _N_NEIGHBORS)],
+        }
+        self.ok = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+        self.nan = _nan_body(payload)
+        self.health = orjson.dumps({"status": "ok", "model_type": "stub"})
+        self.faults = faults
+        self.latency_s = latency_ms / 1000.0
+
+    def pick(self, url: bytes) -> tuple[int, bytes]:
+        if url.startswith(b"/health"):
+            return 200, self.health
+        fault = self.faults.draw()
+        if fault == "error":
+            return 500, _ERROR_BODY
+        return 200, self.nan if fault == "nan" else self.ok
+
+
+class StubProtocol(asyncio.Protocol):
+    """HTTP/1.1 keep-alive with pipelining; the body is never read, only framed by httptools."""
+
+    def __init__(self, responses: StubResponses) -> None:
+        self.responses = responses
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._send(_http(400, b'{"error": "malformed HTTP request"}', False), close=True)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_message_complete(self) -> None:
+        status, body = self.responses.pick(self.url)
+        self.url = b""
+        keep_alive = self.parser.should_keep_alive()
+        wire = _http(status, body, keep_alive)
+        if self.responses.latency_s > 0:
+            # Equal delays fire in order, so pipelined responses stay in request order.
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.responses.latency_s, self._send, wire, not keep_alive)
+        else:
+            self._send(wire, not keep_alive)
+
+    def _send(self, wire: bytes, close: bool) -> None:
+        if self.transport is None:
+            return
+        self.transport.write(wire)
+        if close:
+            self.transport.close()
+
+
+def _load_checkpoint(path: str) -> Predictor:
+    try:
+        module = importlib.import_module("lvm_gateway.lvm.checkpoint")
+    except ModuleNotFoundError as exc:
+        raise SystemExit(
+            f"lvm-serve: --checkpoint needs lvm_gateway.lvm.checkpoint: {exc}"
+        ) from None
+    try:
+        return module.load_predictor(path)
+    except (OSError, LvmGatewayError, ValueError, RuntimeError, KeyError) as exc:
+        raise SystemExit(f"lvm-serve: cannot load checkpoint {path}: {exc}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lvm-serve", description=__doc__.splitlines()[0])
+    p.add_argument("--profile", choices=[*PROFILES, "stub"], default="phase2")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8100)
+    p.add_argument("--checkpoint", help="serve a trained model instead of the analytic one")
+    p.add_argument("--latency-ms", type=float, help="added per request (default: the profile's)")
+    p.add_argument("--error-rate", type=float, default=0.0, help="share answered with a 500")
+    p.add_argument("--nan-rate", type=float, default=0.0, help="share with NaN in the prediction")
+    p.add_argument(
+        "--degrade-lane", type=int, action="append", default=[], help="lane served badly"
+    )
+    p.add_argument("--degrade-factor", type=float, default=DEFAULT_DEGRADE_FACTOR)
+    p.add_argument("--seed", type=int, default=0, help="the synthetic world's seed")
+    return p
+
+
+def _check(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
+    for name in ("error_rate", "nan_rate"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            p.error(f"--{name.replace('_', '-')} must be in [0, 1]")
+    if args.error_rate + args.nan_rate > 1.0:
+        p.error("--error-rate plus --nan-rate must not exceed 1")
+    if args.latency_ms is not None and args.latency_ms < 0:
+        p.error("--latency-ms must be >= 0")
+    if args.profile == "stub" and (args.checkpoint or args.degrade_lane):
+        p.error("--profile stub takes no --checkpoint or --degrade-lane")
+    if args.checkpoint and args.degrade_lane:
+        p.error("--degrade-lane works with the analytic profiles only, not --checkpoint")
+    for lane in args.degrade_lane:
+        if not 0 <= lane < N_LANES:
+            p.error(f"--degrade-lane must be in 0..{N_LANES - 1}, got {lane}")
+    if not 0.0 < args.degrade_factor <= 1.0:
+        p.error("--degrade-factor must be in (0, 1]")
+
+
+async def _listen(args: argparse.Namespace, world: World) -> tuple[str, int, Closer]:
+    """Start the profile's server; its model type, bound port and how to close it."""
+    profile = PROFILES.get(args.profile)
+    latency = args.latency_ms
+    if latency is None:
+        latency = profile.latency_ms if profile else 0.0
+    faults = Faults(args.error_rate, args.nan_rate, args.seed)
+    if profile is None:
+        responses = StubResponses(world, faults, latency)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: StubProtocol(responses), args.host, args.port, backlog=1024
+        )
+        return "stub", server.sockets[0].getsockname()[1], server.close
+    if args.checkpoint:
+        predictor = _load_checkpoint(args.checkpoint)
+    else:
+        degrade = {lane: args.degrade_factor for lane in args.degrade_lane}
+        predictor = analytic(profile.name, world, degrade)
+    runner = web.AppRunner(build_app(InferService(predictor, world, faults, latency)))
+    await runner.setup()
+    await web.TCPSite(runner, args.host, args.port, backlog=1024).start()
+    return predictor.model_type, runner.addresses[0][1], runner.cleanup
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    world = World.build(seed=args.seed)
+    try:
+        model_type, port, close = await _listen(args, world)
+    except OSError as exc:
+        raise SystemExit(f"lvm-serve: cannot listen on {args.host}:{args.port}: {exc}") from None
+    print(
+        f"lvm-serve {args.profile} ({model_type}) listening on http://{args.host}:{port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    result = close()
+    if asyncio.iscoroutine(result):
+        await result
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = _parser()
+    args = p.parse_args(argv)
+    _check(args, p)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve(args))
+
+
+if __name__ == "__main__":
+    main()
