@@ -10,6 +10,7 @@ LvmGatewayError                 base; never escapes to a client as a 500
 │   └── ConflictError           compare-and-set lost: the version moved underneath
 ├── CheckpointError             a checkpoint that cannot serve (wrong keys, shapes, format)
 ├── BadRequestError             client input the gateway rejects with a 4xx (status, message)
+├── TrafficError                lvm-traffic cannot run: bad settings or the gateway unreachable
 └── UpstreamError               a variant failed; mapped to 502/504 in gateway.upstream
     ├── UpstreamTimeoutError    504
     ├── UpstreamConnectError    502, retried on another endpoint
@@ -63,6 +64,10 @@ class BadRequestError(LvmGatewayError):
     def __init__(self, message: str, status: int = 400) -> None:
         self.status = status
         super().__init__(message)
+
+
+class TrafficError(LvmGatewayError):
+    pass
 
 
 class UpstreamError(LvmGatewayError):
