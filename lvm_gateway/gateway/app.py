@@ -7,6 +7,7 @@ proxy paths plus four fixed endpoints, and every microsecond on this path is pai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -15,18 +16,24 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import orjson
+import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
+from redis.exceptions import RedisError
 
-from lvm_gateway.errors import BadRequestError, CircuitOpenError, ConfigError, UpstreamError
+from lvm_gateway.errors import BadRequestError, ConfigError, UpstreamError
 from lvm_gateway.gateway.circuit import Circuits
 from lvm_gateway.gateway.config import Config, Route, load_config
+from lvm_gateway.gateway.dispatch import Dispatcher, RecorderLike
+from lvm_gateway.gateway.feedback import parse_feedback, score
 from lvm_gateway.gateway.metrics import MetricsRecorder
 from lvm_gateway.gateway.mirror import Mirror
+from lvm_gateway.gateway.records import PredictionRecords
 from lvm_gateway.gateway.reload import ConfigWatcher
-from lvm_gateway.gateway.upstream import UpstreamPool, UpstreamResponse, error_body
-from lvm_gateway.policies.base import Decision, RequestInfo, RoutingView
+from lvm_gateway.gateway.signals import lane_of
+from lvm_gateway.gateway.upstream import UpstreamPool, error_body
+from lvm_gateway.policies.base import RequestInfo, RoutingView
 
 log = logging.getLogger("lvm_gateway")
 
@@ -43,17 +50,13 @@ _DROP_HEADERS = frozenset(
 _JSON = b"application/json"
 
 
-class RecorderLike(Protocol):
-    def record_request(
-        self, variant: str, latency_s: float, error: bool, lane: str | None = None
-    ) -> None: ...
-
-
 class DataPlaneLike(Protocol):
     """What the gateway needs from the control plane (rollout.dataplane.RolloutDataPlane)."""
 
     @property
     def weights(self) -> Mapping[str, float]: ...
+    @property
+    def shadow(self) -> Mapping[str, float]: ...
     @property
     def connected(self) -> bool: ...
     @property
@@ -72,16 +75,24 @@ class GatewayApp:
         self,
         config: Config,
         dataplane: DataPlaneLike,
+        redis_url: str,
         registry: CollectorRegistry | None = None,
         watch: bool = True,
     ) -> None:
         self.config = config
         self.dataplane = dataplane
+        self.redis_url = redis_url
+        self.redis: aioredis.Redis | None = None
         self.registry = registry or CollectorRegistry()
         self.metrics = MetricsRecorder(self.registry)
         self.pool = UpstreamPool()
         self.circuits = Circuits({}, self.metrics.circuit)
-        self.mirror = Mirror(self.pool, self.metrics, max_inflight=config.spec.mirror_max_inflight)
+        fb = config.spec.feedback
+        self.records = PredictionRecords(config.spec.redis_prefix, fb.ttl_seconds, fb.sample_rate)
+        self.dispatch = Dispatcher(
+            self.pool, self.circuits, self.metrics, dataplane.recorder, self.records
+        )
+        self.mirror = Mirror(self.dispatch, self.metrics, config.spec.mirror_max_inflight)
         self.watcher = (
             ConfigWatcher(config.source, self._reload) if watch and config.source else None
         )
@@ -94,7 +105,11 @@ class GatewayApp:
     async def startup(self) -> None:
         self._apply(self.config)
         self.metrics.reload(True, time.time())
+        self.redis = aioredis.Redis.from_url(
+            self.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
+        )
         await self.dataplane.start(self.config)
+        self._tasks.append(asyncio.create_task(self._flush_records()))
         if self.watcher is not None:
             self._tasks.append(asyncio.create_task(self.watcher.run()))
         self._started = True
@@ -105,13 +120,35 @@ class GatewayApp:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.mirror.drain(timeout_s=2.0)
         await self.dataplane.stop()
+        if self.redis is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self.records.flush(self.redis)
+            await self.redis.aclose()
         self.pool.close()
 
     def _apply(self, config: Config) -> None:
         self.pool.configure(dict(config.variants))
         self.circuits.configure({n: v.circuit for n, v in config.variants.items()})
         self.mirror.max_inflight = config.spec.mirror_max_inflight
+        fb = config.spec.feedback
+        self.records.configure(config.spec.redis_prefix, fb.ttl_seconds, fb.sample_rate)
         self.config = config
+
+    async def _flush_records(self) -> None:
+        """Prediction records reach Redis within ~100 ms; while Redis is down they wait, bounded."""
+        assert self.redis is not None
+        failing = False
+        while True:
+            await asyncio.sleep(0.1)
+            try:
+                await self.records.flush(self.redis)
+            except (RedisError, OSError) as exc:
+                if not failing:
+                    log.warning("prediction records not flushed, will retry: %s", exc)
+                failing = True
+                await asyncio.sleep(1.0)
+                continue
+            failing = False
 
     async def _reload(self, path: str) -> None:
         try:
@@ -159,6 +196,10 @@ class GatewayApp:
         path: str = scope["path"]
         route = self.config.routes.get(path)
         if route is None:
+            if path == "/v1/feedback":
+                status, body = await self._feedback_http(scope, receive)
+                await _respond(send, status, body, _JSON, ())
+                return
             status, body, ctype = self._builtin(path, scope["method"])
             await _respond(send, status, body, ctype, ())
             return
@@ -202,6 +243,7 @@ class GatewayApp:
     ) -> tuple[int, bytes, bytes, str]:
         view = RoutingView(
             weights=self.dataplane.weights,
+            shadow=self.dataplane.shadow,
             open_circuits=self.circuits.open_set(),
             draw=self._random(),
             mirror_draw=self._random(),
@@ -212,49 +254,84 @@ class GatewayApp:
         target = route.path + (
             f"?{scope['query_string'].decode()}" if scope["query_string"] else ""
         )
+        lane = lane_of(headers, body) if route.inspect else None
         if decision.mirror is not None:
-            self.mirror.submit(decision.mirror, target, body, forward)
+            self.mirror.submit(decision.mirror, target, body, forward, request_id, lane)
+        served = decision.variant
         try:
-            resp = await self._call(decision.variant, target, body, forward)
-            return resp.status, resp.body, resp.content_type.encode() or _JSON, decision.variant
+            resp = await self.dispatch.call(
+                served, target, body, forward, request_id=request_id, lane=lane, served=True
+            )
         except UpstreamError as exc:
-            fallback = self._fallback_for(route, decision)
+            fallback = decision.fallback if route.fallback else None
             if fallback is None:
                 status, payload = error_body(exc, request_id)
-                return status, payload, _JSON, decision.variant
-            self.metrics.fallback(route.path, decision.variant, fallback)
+                return status, payload, _JSON, served
+            self.metrics.fallback(route.path, served, fallback)
+            served = fallback
             try:
-                resp = await self._call(fallback, target, body, forward)
+                resp = await self.dispatch.call(
+                    served, target, body, forward, request_id=request_id, lane=lane, served=True
+                )
             except UpstreamError as exc2:
                 status, payload = error_body(exc2, request_id)
-                return status, payload, _JSON, fallback
-            return resp.status, resp.body, resp.content_type.encode() or _JSON, fallback
+                return status, payload, _JSON, served
+        return resp.status, resp.body, resp.content_type.encode() or _JSON, served
 
-    @staticmethod
-    def _fallback_for(route: Route, decision: Decision) -> str | None:
-        return decision.fallback if route.fallback else None
-
-    async def _call(
-        self, variant: str, target: str, body: bytes, headers: dict[str, str]
-    ) -> UpstreamResponse:
-        client = self.pool.clients[variant]
-        if self.circuits.is_open(variant):
-            exc: UpstreamError = CircuitOpenError(variant, "circuit open after repeated errors")
-            self.metrics.upstream_error(variant, exc.kind)
-            raise exc
-        t0 = time.perf_counter()
+    async def _feedback(self, body: bytes) -> tuple[int, bytes]:
+        fb = parse_feedback(body)
+        assert self.redis is not None
+        spec = self.config.spec.feedback
         try:
-            resp = await client.post(target, body, headers)
-        except UpstreamError as exc:
-            self.circuits.record(variant, True)
-            self.metrics.upstream_error(variant, exc.kind)
-            self.dataplane.recorder.record_request(variant, time.perf_counter() - t0, True)
-            raise
-        self.circuits.record(variant, False)
-        self.dataplane.recorder.record_request(variant, time.perf_counter() - t0, False)
-        return resp
+            record = await self.records.fetch(self.redis, fb.request_id)
+            if record is None:
+                return _json(404, {
+                    "error": "not_found",
+                    "message": f"no prediction recorded for request_id {fb.request_id!r}: unknown,"
+                    f" expired (kept {spec.ttl_seconds:g} s) or not sampled"
+                    f" (sample_rate {spec.sample_rate:g})",
+                })  # fmt: skip
+            # Across replicas, the first feedback for a request id wins; repeats count nothing.
+            first = await self.redis.set(
+                f"{self.config.spec.redis_prefix}:fb:{fb.request_id}", 1, nx=True,
+                px=int(spec.ttl_seconds * 1000),
+            )  # fmt: skip
+        except (RedisError, OSError) as exc:
+            return _json(
+                503,
+                {
+                    "error": "redis_unavailable",
+                    "message": f"feedback store unreachable, retry later: {exc}",
+                },
+            )
+        if not first:
+            self.metrics.feedback("duplicate")
+            return _json(200, {"request_id": fb.request_id, "duplicate": True, "recorded": []})
+        scores = score(record, fb)
+        for s in scores:
+            self.dataplane.recorder.incr(s.variant, "feedback", lane=record.lane)
+            for k, hit in s.hits.items():
+                if hit:
+                    self.dataplane.recorder.incr(s.variant, f"hit{k}", lane=record.lane)
+            self.metrics.hits(s.variant, record.lane, s.hits)
+        self.metrics.feedback("recorded")
+        return _json(202, {
+            "request_id": fb.request_id,
+            "lane": record.lane,
+            "duplicate": False,
+            "recorded": [s.as_json() for s in scores],
+        })  # fmt: skip
 
     # -- fixed endpoints ---------------------------------------------------------------------
+
+    async def _feedback_http(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+        try:
+            if scope["method"] != "POST":
+                raise BadRequestError("use POST for /v1/feedback", status=405)
+            return await self._feedback(await _read_body(receive))
+        except BadRequestError as exc:
+            self.metrics.feedback("rejected")
+            return _json(exc.status, {"error": "bad_request", "message": str(exc)})
 
     def _builtin(self, path: str, method: str) -> tuple[int, bytes, bytes]:
         if path == "/healthz":

@@ -61,6 +61,9 @@ class RouteSpec(StrictModel):
     path: str
     methods: tuple[str, ...] = ("POST",)
     fallback: bool = True  # serve the stable variant when the canary fails
+    # Inspect answers as LVM predictions: NaN/Inf and wrong dimensions become errors, empty hits
+    # are counted, and predictions are recorded for feedback. Off for non-inference routes.
+    inspect: bool = True
     policy: PolicySpec
 
     @field_validator("path")
@@ -100,6 +103,7 @@ class Route:
     methods: frozenset[str]
     policy: Policy
     fallback: bool
+    inspect: bool
     rollout: str | None  # the rollout that drives this route's canary, if any
     stable: str | None = None  # that canary policy's stable and canary names
     canary: str | None = None
@@ -228,6 +232,7 @@ def parse_config(data: Any, source: str = "") -> Config:
             methods=frozenset(m.upper() for m in r.methods),
             policy=policy,
             fallback=r.fallback,
+            inspect=r.inspect,
             rollout=tb.rollout,
             stable=tb.claims[0][1] if tb.rollout and tb.claims else None,
             canary=tb.claims[0][2] if tb.rollout and tb.claims else None,

@@ -7,7 +7,10 @@ methods on every request.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+# `_created` series double the exposition size and no dashboard here uses them.
+disable_created_metrics()
 
 # Fixed buckets from 0.5 ms to 10 s: the seed's targets (5 ms, 10 ms) fall on bucket edges.
 LATENCY_BUCKETS = (
@@ -77,6 +80,36 @@ class MetricsRecorder:
             ["route"],
             registry=registry,
         )
+        self.empty_hits = Counter(
+            "lvmgw_empty_hits_total",
+            "Answers whose best neighbour scored below cosine 0.4 (or had none), by lane.",
+            ["variant", "lane"],
+            registry=registry,
+        )
+        self.invalid_predictions = Counter(
+            "lvmgw_invalid_predictions_total",
+            "Answers with NaN/Inf or a wrong-dimension predicted_vector (never sent as success).",
+            ["variant"],
+            registry=registry,
+        )
+        self.hit_proxy = Counter(
+            "lvmgw_hit_proxy_total",
+            "Scored answers that were a hit at k (cosine proxy or exact id), by variant and lane.",
+            ["variant", "k", "lane"],
+            registry=registry,
+        )
+        self.feedback_events = Counter(
+            "lvmgw_feedback_total",
+            "Feedback posts, by result (recorded, duplicate, rejected).",
+            ["result"],
+            registry=registry,
+        )
+        self.scored = Counter(
+            "lvmgw_scored_answers_total",
+            "Answers scored by feedback (the denominator of the Hit@K proxy), by variant and lane.",
+            ["variant", "lane"],
+            registry=registry,
+        )
         self._requests: dict[tuple[str, str, int], Counter] = {}
         self._latency: dict[tuple[str, str], Histogram] = {}
 
@@ -94,6 +127,20 @@ class MetricsRecorder:
 
     def upstream_error(self, variant: str, kind: str) -> None:
         self.upstream_errors.labels(variant, kind).inc()
+        if kind == "invalid_prediction":
+            self.invalid_predictions.labels(variant).inc()
+
+    def empty_hit(self, variant: str, lane: str) -> None:
+        self.empty_hits.labels(variant, lane).inc()
+
+    def hits(self, variant: str, lane: str, hits: dict[int, bool]) -> None:
+        self.scored.labels(variant, lane).inc()
+        for k, hit in hits.items():
+            if hit:
+                self.hit_proxy.labels(variant, str(k), lane).inc()
+
+    def feedback(self, result: str) -> None:
+        self.feedback_events.labels(result).inc()
 
     def fallback(self, route: str, from_variant: str, to_variant: str) -> None:
         self.fallbacks.labels(route, from_variant, to_variant).inc()

@@ -9,32 +9,51 @@ from __future__ import annotations
 import asyncio
 
 from lvm_gateway.errors import UpstreamError
+from lvm_gateway.gateway.dispatch import Dispatcher
 from lvm_gateway.gateway.metrics import MetricsRecorder
-from lvm_gateway.gateway.upstream import UpstreamPool
 
 
 class Mirror:
-    def __init__(self, pool: UpstreamPool, metrics: MetricsRecorder, max_inflight: int) -> None:
-        self.pool = pool
+    def __init__(self, dispatch: Dispatcher, metrics: MetricsRecorder, max_inflight: int) -> None:
+        self.dispatch = dispatch
         self.metrics = metrics
         self.max_inflight = max_inflight
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def submit(self, variant: str, target: str, body: bytes, headers: dict[str, str]) -> None:
+    def submit(
+        self,
+        variant: str,
+        target: str,
+        body: bytes,
+        headers: dict[str, str],
+        request_id: str,
+        lane: str | None,
+    ) -> None:
         if len(self._tasks) >= self.max_inflight:
             self.metrics.mirror(variant, "dropped")
             return
-        task = asyncio.create_task(self._send(variant, target, body, {**headers, "x-mirror": "1"}))
+        task = asyncio.create_task(
+            self._send(variant, target, body, {**headers, "x-mirror": "1"}, request_id, lane)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, variant: str, target: str, body: bytes, headers: dict[str, str]) -> None:
-        client = self.pool.clients.get(variant)
-        if client is None:  # removed by a reload while this copy waited
+    async def _send(
+        self,
+        variant: str,
+        target: str,
+        body: bytes,
+        headers: dict[str, str],
+        request_id: str,
+        lane: str | None,
+    ) -> None:
+        if not self.dispatch.known(variant):  # removed by a reload while this copy waited
             self.metrics.mirror(variant, "dropped")
             return
         try:
-            await client.post(target, body, headers)
+            await self.dispatch.call(
+                variant, target, body, headers, request_id=request_id, lane=lane, served=False
+            )
         except UpstreamError:
             self.metrics.mirror(variant, "failed")
             return

@@ -83,6 +83,7 @@ class RoutingView:
     """The dynamic state a decision may depend on, frozen for one request."""
 
     weights: Mapping[str, float] = field(default_factory=dict)  # rollout name -> canary weight
+    shadow: Mapping[str, float] = field(default_factory=dict)  # rollout -> % mirrored to canary
     open_circuits: frozenset[str] = frozenset()
     draw: float = 0.0  # uniform [0, 1) drawn per request by the caller, for unsticky splits
     mirror_draw: float = 1.0  # an independent draw for mirroring decisions

@@ -63,6 +63,7 @@ class Canary:
     mirror: str | None = None
     mirror_percent: float = 0.0
     rollout: str | None = None
+    canary_name: str = ""
 
     def weight_in(self, view: RoutingView) -> float:
         if self.rollout is None:
@@ -100,6 +101,15 @@ class Canary:
             chosen.variant, fallback, mirror or chosen.mirror, chosen.experts, self.rollout
         )
 
+    def _mirror(self, view: RoutingView) -> str | None:
+        # A rollout's shadow step mirrors a share of traffic to the canary, which serves no one.
+        shadow = view.shadow.get(self.rollout) if self.rollout is not None else None
+        if shadow is not None:
+            return self.canary_name if view.mirror_draw * 100.0 < shadow else None
+        if self.mirror is not None and view.mirror_draw * 100.0 < self.mirror_percent:
+            return self.mirror
+        return None
+
     def leaves(self) -> frozenset[str]:
         extra = {self.mirror} if self.mirror else set()
         return self.stable.leaves() | self.canary.leaves() | extra
@@ -121,6 +131,7 @@ def _build(p: CanaryParams, ctx: BuildContext, path: str) -> Canary:
         mirror=p.mirror.variant if p.mirror else None,
         mirror_percent=p.mirror.percent if p.mirror else 0.0,
         rollout=rollout,
+        canary_name=display_name(canary),
     )
 
 

@@ -1,0 +1,90 @@
+"""User feedback: parse it strictly, score the recorded answers with the seed's Hit@K proxy.
+
+`{"request_id", "clicked_vector": [768]}` is scored by cosine (> 0.8 / 0.6 / 0.4 is a hit at
+1 / 5 / 10); `{"request_id", "clicked_id"}` exactly, against the neighbour ids the variant
+returned (a hit at k when the id is among the first k). Both pure; the app does the I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from lvm_gateway.errors import BadRequestError
+from lvm_gateway.gateway.records import Record
+from lvm_gateway.lvm.world import DIM, cosine, cosine_hits, id_hits
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    request_id: str
+    clicked_vector: np.ndarray | None
+    clicked_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    variant: str
+    shadow: bool  # scored an answer the user never saw
+    hits: dict[int, bool]
+    cosine: float | None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"variant": self.variant, "shadow": self.shadow}
+        out.update({f"hit@{k}": v for k, v in self.hits.items()})
+        if self.cosine is not None:
+            out["cosine"] = round(self.cosine, 4)
+        return out
+
+
+def parse_feedback(body: bytes) -> Feedback:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestError(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise BadRequestError("body must be a JSON object")
+    unknown = set(doc) - {"request_id", "clicked_vector", "clicked_id"}
+    if unknown:
+        raise BadRequestError(f"unknown field(s): {', '.join(sorted(unknown))}")
+    rid = doc.get("request_id")
+    if not isinstance(rid, str) or not 0 < len(rid) <= 128:
+        raise BadRequestError("request_id must be a non-empty string (the X-Request-Id answered)")
+    has_vec, has_id = "clicked_vector" in doc, "clicked_id" in doc
+    if has_vec == has_id:
+        raise BadRequestError("give exactly one of clicked_vector or clicked_id")
+    if has_id:
+        cid = doc["clicked_id"]
+        if not isinstance(cid, str) or not cid:
+            raise BadRequestError("clicked_id must be a non-empty string")
+        return Feedback(rid, None, cid)
+    vec = doc["clicked_vector"]
+    if not isinstance(vec, list) or len(vec) != DIM:
+        size = len(vec) if isinstance(vec, list) else type(vec).__name__
+        raise BadRequestError(f"clicked_vector must be a list of {DIM} numbers, got {size}")
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in vec):
+        raise BadRequestError("clicked_vector must contain only numbers")
+    arr = np.asarray(vec, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise BadRequestError("clicked_vector holds a non-finite number")
+    if not np.any(arr):
+        raise BadRequestError("clicked_vector is all zeros")
+    return Feedback(rid, arr, None)
+
+
+def score(record: Record, fb: Feedback) -> list[Score]:
+    """One score per recorded answer: the served one first, then shadows."""
+    out = []
+    for variant in sorted(record.answers, key=lambda v: v != record.served):
+        answer = record.answers[variant]
+        if fb.clicked_vector is not None:
+            c = cosine(answer.vector, fb.clicked_vector)
+            hits, cos = cosine_hits(answer.vector, fb.clicked_vector), c
+        else:
+            assert fb.clicked_id is not None
+            hits, cos = id_hits(fb.clicked_id, answer.neighbor_ids), None
+        out.append(Score(variant, variant != record.served, hits, cos))
+    return out

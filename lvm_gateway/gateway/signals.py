@@ -1,0 +1,79 @@
+"""Quality signals read off each LVM answer: validity, empty hits, the request's lane.
+
+Pure functions over bytes, cheap enough for the hot path: the answer is ~4-16 KB of JSON that
+orjson parses in tens of microseconds, and the lane is found without parsing the request body
+(which can hold hundreds of 768-d context vectors).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from lvm_gateway.errors import InvalidPredictionError
+from lvm_gateway.lvm.world import DIM, EMPTY_HIT_THRESHOLD
+
+N_LANES = 16
+_TMD_CODES = re.compile(rb'"tmd_codes"\s*:\s*\[\s*(-?\d+)')
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    vector: np.ndarray  # (768,) float32, finite
+    neighbor_ids: tuple[str, ...]
+    best_score: float | None  # None when the server returned no neighbours
+
+    @property
+    def empty(self) -> bool:
+        """The seed's empty hit: no neighbours, or the best one below cosine 0.4."""
+        return self.best_score is None or self.best_score < EMPTY_HIT_THRESHOLD
+
+
+def inspect_answer(body: bytes, variant: str) -> Prediction:
+    """Validate a model server's `/infer` answer; InvalidPredictionError says what is wrong."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        # Python's json writes NaN/Infinity as bare tokens, which are not JSON.
+        raise InvalidPredictionError(
+            variant, f"answer is not valid JSON (NaN/Inf?): {exc}"
+        ) from exc
+    vec = doc.get("predicted_vector") if isinstance(doc, dict) else None
+    if not isinstance(vec, list) or len(vec) != DIM:
+        size = len(vec) if isinstance(vec, list) else type(vec).__name__
+        raise InvalidPredictionError(
+            variant, f"predicted_vector must have {DIM} numbers, got {size}"
+        )
+    try:
+        arr = np.asarray(vec, dtype=np.float32)
+    except (TypeError, ValueError) as exc:  # null (orjson's NaN) or strings in the vector
+        raise InvalidPredictionError(variant, "predicted_vector holds non-numbers") from exc
+    if not np.isfinite(arr).all():
+        raise InvalidPredictionError(variant, "predicted_vector holds NaN or Inf")
+    ids: list[str] = []
+    best: float | None = None
+    for n in doc.get("neighbors") or ():
+        if isinstance(n, dict) and isinstance(n.get("id"), str):
+            ids.append(n["id"])
+            score = n.get("score")
+            if isinstance(score, int | float) and (best is None or score > best):
+                best = float(score)
+    return Prediction(arr, tuple(ids), best)
+
+
+def lane_of(headers: dict[str, str], body: bytes) -> str:
+    """`lane_<domain>` from X-TMD-Lane, else the body's tmd_codes[0], else `none`."""
+    raw: str | bytes | None = headers.get("x-tmd-lane")
+    if raw is None:
+        m = _TMD_CODES.search(body)
+        raw = m.group(1) if m else None
+    if raw is None:
+        return "none"
+    try:
+        lane = int(raw)
+    except ValueError:
+        return "none"
+    return f"lane_{lane}" if 0 <= lane < N_LANES else "none"
