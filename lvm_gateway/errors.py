@@ -7,7 +7,9 @@ LvmGatewayError                 base; never escapes to a client as a 500
 ├── RolloutError                control-plane misuse
 │   ├── UnknownRolloutError     no rollout by that name
 │   ├── InvalidTransitionError  e.g. advancing a RolledBack rollout
-│   └── ConflictError           compare-and-set lost: the version moved underneath
+│   ├── ConflictError           compare-and-set lost: the version moved underneath
+│   ├── NotLeaderError          a controller write after its lease moved to another instance
+│   └── ThresholdError          `rolloutctl thresholds` got an unknown key or a bad value
 ├── CheckpointError             a checkpoint that cannot serve (wrong keys, shapes, format)
 ├── BadRequestError             client input the gateway rejects with a 4xx (status, message)
 ├── TrafficError                lvm-traffic cannot run: bad settings or the gateway unreachable
@@ -53,6 +55,14 @@ class InvalidTransitionError(RolloutError):
 
 
 class ConflictError(RolloutError):
+    pass
+
+
+class NotLeaderError(RolloutError):
+    pass
+
+
+class ThresholdError(RolloutError):
     pass
 
 

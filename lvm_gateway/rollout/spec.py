@@ -1,7 +1,13 @@
-"""The `rollouts:` section of the policy YAML, parsed strictly."""
+"""The `rollouts:` section of the policy YAML, parsed strictly.
+
+Thresholds are a set of named bounds, each `<metric>_max` or `<metric>_min`, where `<metric>` is
+a name in `rollout.analysis.METRICS`. A new signal (issue 4: hit5, empty_rate, lane_delta,
+invalid_rate) is one more field here plus one more registered metric; nothing else changes.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -9,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from lvm_gateway.policies.base import StrictModel
 
 Step = float | Literal["shadow"]
+Bound = Literal["max", "min"]
 
 
 class Thresholds(StrictModel):
@@ -17,15 +24,34 @@ class Thresholds(StrictModel):
     p95_ms_max: float | None = Field(default=None, gt=0)
     error_rate_max: float | None = Field(default=None, ge=0, le=1)
 
+    def bounds(self) -> Iterator[tuple[str, Bound, float]]:
+        """(metric, "max"|"min", limit) for every bound that is set."""
+        for key, limit in self:
+            if limit is not None:
+                metric, kind = key.rsplit("_", 1)
+                yield metric, kind, float(limit)  # type: ignore[misc]
+
+
+# What `rolloutctl thresholds` may change at run time; the route and steps come from the YAML.
+TUNABLE_KEYS = (
+    "step_min_seconds",
+    "interval_seconds",
+    "min_requests",
+    "failure_limit",
+    "max_hold_seconds",
+    "shadow_percent",
+)
+
 
 class RolloutSpec(StrictModel):
     route: str
-    steps: tuple[Step, ...] = (10, 20, 50, 100)
+    steps: tuple[Step, ...] = (10.0, 20.0, 50.0, 100.0)
     step_min_seconds: float = Field(default=30, ge=0)
     interval_seconds: float = Field(default=5, gt=0)
     min_requests: int = Field(default=200, ge=0)
     failure_limit: int = Field(default=2, ge=1)
     max_hold_seconds: float = Field(default=600, gt=0)
+    shadow_percent: float = Field(default=100, ge=0, le=100)  # mirrored share in a shadow step
     success: Thresholds = Thresholds(p95_ms_max=5, error_rate_max=0.001)
     rollback: Thresholds = Thresholds(p95_ms_max=10, error_rate_max=0.01)
 
@@ -51,8 +77,24 @@ class RolloutSpec(StrictModel):
 
     @model_validator(mode="after")
     def _rollback_looser_than_success(self) -> RolloutSpec:
-        for key in ("p95_ms_max", "error_rate_max"):
-            ok, bad = getattr(self.success, key), getattr(self.rollback, key)
-            if ok is not None and bad is not None and bad < ok:
-                raise ValueError(f"rollback.{key} ({bad}) must be >= success.{key} ({ok})")
+        ok_bounds = {(m, k): v for m, k, v in self.success.bounds()}
+        for metric, kind, bad in self.rollback.bounds():
+            ok = ok_bounds.get((metric, kind))
+            if ok is None:
+                continue
+            key = f"{metric}_{kind}"
+            if kind == "max" and bad < ok:
+                raise ValueError(f"rollback.{key} ({bad:g}) must be >= success.{key} ({ok:g})")
+            if kind == "min" and bad > ok:
+                raise ValueError(f"rollback.{key} ({bad:g}) must be <= success.{key} ({ok:g})")
         return self
+
+    def step_weight(self, index: int) -> float:
+        """Traffic percent on the canary at step `index`; a shadow step serves no user."""
+        step = self.steps[index]
+        return 0.0 if step == "shadow" else float(step)
+
+    def tunables(self) -> dict[str, object]:
+        """The run-time adjustable part, as held in Redis (seeded from the YAML on start)."""
+        data = self.model_dump(mode="json")
+        return {k: data[k] for k in (*TUNABLE_KEYS, "success", "rollback")}

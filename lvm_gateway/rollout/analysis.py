@@ -1,0 +1,145 @@
+"""Judge a canary's observations against a rollout's thresholds, metric by metric. Pure.
+
+A metric is a named function of the observations plus the count of samples that back it and the
+spec field that says how many samples it needs (`min_requests` for traffic metrics; issue 4's
+feedback metrics use `min_feedback`). Thresholds name metrics (`<metric>_max`/`<metric>_min`),
+so a new signal is one `register_metric` call and one Thresholds field.
+
+Verdicts, per metric:
+    pass          within the success bound
+    fail          outside the success bound, inside the rollback bound: hold
+    breach        outside the rollback bound: counts toward failure_limit
+    insufficient  fewer samples than needed, unless a breach is already certain (the value
+                  still breaches when every missing sample is the best possible one)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from lvm_gateway.rollout.observations import Observations, quantile_ms
+from lvm_gateway.rollout.spec import Bound, RolloutSpec
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    BREACH = "breach"
+    INSUFFICIENT = "insufficient"
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str
+    # value(observations, pad): the metric with `pad` extra best-case samples; None when no data.
+    value: Callable[[Observations, int], float | None]
+    samples: Callable[[Observations], int]
+    guard: str = "min_requests"  # the RolloutSpec field giving the samples needed
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(metric: Metric) -> Metric:
+    METRICS[metric.name] = metric
+    return metric
+
+
+def _error_rate(obs: Observations, pad: int) -> float | None:
+    n = obs.canary.requests + pad
+    return obs.canary.errors / n if n else None
+
+
+def _p95_ms(obs: Observations, pad: int) -> float | None:
+    return quantile_ms(obs.canary.histogram(), 0.95, extra_fast=pad)
+
+
+def _canary_requests(obs: Observations) -> int:
+    return obs.canary.requests
+
+
+register_metric(Metric("error_rate", "", _error_rate, _canary_requests))
+register_metric(Metric("p95_ms", "ms", _p95_ms, _canary_requests))
+
+
+def violates(value: float, kind: Bound, limit: float) -> bool:
+    return value > limit if kind == "max" else value < limit
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    metric: str
+    kind: Bound
+    value: float | None
+    samples: int
+    needed: int
+    success: float | None
+    rollback: float | None
+    verdict: Verdict
+
+    def describe(self) -> str:
+        shown = "n/a" if self.value is None else f"{self.value:.4g}"
+        if self.verdict == Verdict.BREACH:
+            op = ">" if self.kind == "max" else "<"
+            return f"{self.metric} {shown} {op} {self.rollback:g}"
+        if self.verdict == Verdict.FAIL:
+            op = ">" if self.kind == "max" else "<"
+            return f"{self.metric} {shown} {op} {self.success:g}"
+        if self.verdict == Verdict.INSUFFICIENT:
+            return f"{self.metric}: {self.samples}/{self.needed} samples"
+        return f"{self.metric} {shown} ok"
+
+
+@dataclass(frozen=True)
+class Analysis:
+    results: tuple[MetricResult, ...]
+    requests: int
+    min_requests: int
+
+    @property
+    def breached(self) -> tuple[MetricResult, ...]:
+        return tuple(r for r in self.results if r.verdict == Verdict.BREACH)
+
+    @property
+    def insufficient(self) -> bool:
+        return self.requests < self.min_requests or any(
+            r.verdict == Verdict.INSUFFICIENT for r in self.results
+        )
+
+    @property
+    def passed(self) -> bool:
+        return not self.insufficient and all(r.verdict == Verdict.PASS for r in self.results)
+
+    def values(self) -> dict[str, float | None]:
+        return {r.metric: r.value for r in self.results}
+
+
+def analyse(obs: Observations, spec: RolloutSpec) -> Analysis:
+    bounds: dict[tuple[str, Bound], dict[str, float]] = {}
+    for side, thresholds in (("success", spec.success), ("rollback", spec.rollback)):
+        for metric, kind, limit in thresholds.bounds():
+            bounds.setdefault((metric, kind), {})[side] = limit
+    results = []
+    for (name, kind), limits in bounds.items():
+        metric = METRICS[name]
+        samples = metric.samples(obs)
+        needed = int(getattr(spec, metric.guard))
+        value = metric.value(obs, 0)
+        ok, bad = limits.get("success"), limits.get("rollback")
+        if samples < needed:
+            best = metric.value(obs, needed - samples)
+            certain = best is not None and bad is not None and violates(best, kind, bad)
+            verdict = Verdict.BREACH if certain else Verdict.INSUFFICIENT
+        elif value is None:
+            verdict = Verdict.INSUFFICIENT
+        elif bad is not None and violates(value, kind, bad):
+            verdict = Verdict.BREACH
+        elif ok is not None and violates(value, kind, ok):
+            verdict = Verdict.FAIL
+        else:
+            verdict = Verdict.PASS
+        results.append(MetricResult(name, kind, value, samples, needed, ok, bad, verdict))
+    return Analysis(tuple(results), obs.canary.requests, spec.min_requests)

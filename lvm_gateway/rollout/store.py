@@ -1,0 +1,332 @@
+"""Rollouts in Redis: status with a version, specs, thresholds, history, change notifications.
+
+    {prefix}:rollouts                  set of rollout names ever registered
+    {prefix}:rollout:{name}:spec       JSON {spec, stable, canary}: the YAML, as last loaded
+    {prefix}:rollout:{name}:status     hash {data: JSON status, version, fence}
+    {prefix}:rollout:{name}:thresholds JSON tunables (seeded from the YAML on start)
+    {prefix}:rollout:{name}:history    stream of transitions, oldest first
+    {prefix}:rollout:{name}:analysis   JSON of the controller's last analysis (display only)
+    {prefix}:epoch                     bumped by every transition (gateways poll it)
+    {prefix}:events                    pub/sub channel: "<name> <version>" per transition
+    {prefix}:leader                    the controller lease, "<fencing token>:<identity>"
+
+Every transition is one Lua script: compare the version, check the caller's lease (controller
+writes only), write the status, append the history event, bump the epoch, publish. So two
+concurrent writers can never both move from the same version, and a controller whose lease
+has passed to another instance writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+
+from lvm_gateway.errors import (
+    ConflictError,
+    NotLeaderError,
+    ThresholdError,
+    UnknownRolloutError,
+)
+from lvm_gateway.gateway.config import Config, format_loc
+from lvm_gateway.rollout.model import Actor, RolloutStatus
+from lvm_gateway.rollout.spec import TUNABLE_KEYS, RolloutSpec, Thresholds
+
+HISTORY_MAXLEN = 10_000  # also hard-coded in _TRANSITION
+ANALYSIS_TTL_SECONDS = 3600
+
+_TRANSITION = """
+local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if cur ~= tonumber(ARGV[1]) then return {0, cur} end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[3] then return {-1, cur} end
+local v = cur + 1
+redis.call('HSET', KEYS[1], 'data', ARGV[2], 'version', v, 'fence', ARGV[3])
+if ARGV[6] ~= '' then redis.call('SET', KEYS[5], ARGV[6]) end
+local event = {}
+for i = 7, #ARGV do event[#event + 1] = ARGV[i] end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 10000, '*', 'version', v, unpack(event))
+redis.call('INCR', KEYS[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5] .. ' ' .. v)
+return {1, v}
+"""
+
+
+def open_client(url: str, timeout_s: float = 2.0) -> aioredis.Redis:
+    """A client that fails fast when Redis is unreachable instead of hanging a command."""
+    return aioredis.Redis.from_url(
+        url, socket_connect_timeout=min(timeout_s, 1.0), socket_timeout=timeout_s
+    )
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A rollout as the policy YAML declares it, with the route's stable and canary names."""
+
+    spec: RolloutSpec
+    stable: str | None
+    canary: str | None
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _parse_threshold_value(key: str, raw: str) -> Any:
+    if raw.strip().lower() in ("none", "null", "off", ""):
+        if "." not in key:
+            raise ThresholdError(f"{key}: cannot be unset")
+        return None
+    return raw
+
+
+class RolloutStore:
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.names_key = f"{prefix}:rollouts"
+        self.epoch_key = f"{prefix}:epoch"
+        self.channel = f"{prefix}:events"
+        self.leader_key = f"{prefix}:leader"
+        self._transition = client.register_script(_TRANSITION)
+
+    def key(self, name: str, part: str) -> str:
+        return f"{self.prefix}:rollout:{name}:{part}"
+
+    # -- specs -------------------------------------------------------------------------------
+
+    async def register_specs(self, config: Config) -> None:
+        """Publish the YAML's rollouts so rolloutctl and the controller work without --config."""
+        if not config.rollouts:
+            return
+        pipe = self.client.pipeline(transaction=True)
+        for name, spec in config.rollouts.items():
+            route = config.routes.get(spec.route)
+            doc = {
+                "spec": spec.model_dump(mode="json"),
+                "stable": route.stable if route else None,
+                "canary": route.canary if route else None,
+            }
+            pipe.set(self.key(name, "spec"), json.dumps(doc))
+            pipe.sadd(self.names_key, name)
+        await pipe.execute()
+
+    async def names(self) -> list[str]:
+        return sorted(_text(n) for n in await self.client.smembers(self.names_key))
+
+    async def registered(self, name: str) -> Registered:
+        raw = await self.client.get(self.key(name, "spec"))
+        if raw is None:
+            known = ", ".join(await self.names()) or "none"
+            raise UnknownRolloutError(
+                f"unknown rollout {name!r} (known: {known}; a gateway or `rolloutctl --config "
+                "FILE` registers the policy's rollouts)"
+            )
+        doc = json.loads(raw)
+        return Registered(RolloutSpec.model_validate(doc["spec"]), doc["stable"], doc["canary"])
+
+    async def tunables(self, name: str) -> dict[str, Any]:
+        raw = await self.client.get(self.key(name, "thresholds"))
+        if raw is not None:
+            return dict(json.loads(raw))
+        return (await self.registered(name)).spec.tunables()
+
+    async def effective(self, name: str) -> Registered:
+        """The registered spec with the thresholds held in Redis applied."""
+        reg = await self.registered(name)
+        raw = await self.client.get(self.key(name, "thresholds"))
+        if raw is None:
+            return reg
+        merged = {**reg.spec.model_dump(mode="json"), **json.loads(raw)}
+        return Registered(RolloutSpec.model_validate(merged), reg.stable, reg.canary)
+
+    async def set_thresholds(
+        self, name: str, assignments: Mapping[str, str], identity: str = ""
+    ) -> dict[str, Any]:
+        """Validate KEY=VALUE changes against the whole spec, then store them; all or nothing."""
+        reg = await self.registered(name)
+        current = await self.tunables(name)
+        updated: dict[str, Any] = json.loads(json.dumps(current))
+        for key, raw in assignments.items():
+            side, _, field = key.partition(".")
+            if field and side in ("success", "rollback"):
+                if field not in Thresholds.model_fields:
+                    known = ", ".join(f"{side}.{k}" for k in Thresholds.model_fields)
+                    raise ThresholdError(f"unknown key {key!r} (known: {known})")
+                updated[side][field] = _parse_threshold_value(key, raw)
+            elif key in TUNABLE_KEYS:
+                updated[key] = _parse_threshold_value(key, raw)
+            else:
+                known = ", ".join(
+                    [*TUNABLE_KEYS, *(f"{s}.{k}" for s in ("success", "rollback")
+                                      for k in Thresholds.model_fields)]
+                )  # fmt: skip
+                raise ThresholdError(f"unknown key {key!r} (known: {known})")
+        try:
+            spec = RolloutSpec.model_validate({**reg.spec.model_dump(mode="json"), **updated})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = format_loc(tuple(err["loc"]))
+            msg = err["msg"].removeprefix("Value error, ")
+            raise ThresholdError(msg if where == "(document)" else f"{where}: {msg}") from exc
+        tunables = spec.tunables()
+        status = await self.get(name)
+        changes = ", ".join(f"{k}={v}" for k, v in assignments.items())
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(self.key(name, "thresholds"), json.dumps(tunables))
+        pipe.xadd(
+            self.key(name, "history"),
+            {
+                "version": str(status.version),
+                **self._event(
+                    status, Actor.OPERATOR, identity, "thresholds", f"thresholds: {changes}"
+                ),
+            },
+            maxlen=HISTORY_MAXLEN,
+            approximate=True,
+        )
+        await pipe.execute()
+        return tunables
+
+    # -- status ------------------------------------------------------------------------------
+
+    async def get(self, name: str) -> RolloutStatus:
+        raw = await self.client.hgetall(self.key(name, "status"))
+        if not raw:
+            reg = await self.registered(name)
+            return RolloutStatus(name=name, stable=reg.stable, canary=reg.canary)
+        return self._decode(name, raw)
+
+    async def statuses(self, names: list[str]) -> dict[str, RolloutStatus | None]:
+        """Each name's stored status, None where it was never started. One round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(self.key(name, "status"))
+        replies = await pipe.execute()
+        return {n: (self._decode(n, r) if r else None) for n, r in zip(names, replies, strict=True)}
+
+    @staticmethod
+    def _decode(name: str, raw: Mapping[bytes | str, bytes | str]) -> RolloutStatus:
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        data = json.loads(fields["data"])
+        data["name"] = name
+        data["version"] = int(fields.get("version", 0))
+        return RolloutStatus.from_dict(data)
+
+    async def epoch(self) -> int:
+        return int(await self.client.get(self.epoch_key) or 0)
+
+    def _event(
+        self,
+        status: RolloutStatus,
+        actor: Actor,
+        identity: str,
+        action: str,
+        reason: str,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> dict[str, str]:
+        return {
+            "at": repr(time.time()),
+            "actor": str(actor),
+            "identity": identity,
+            "action": action,
+            "phase": str(status.phase),
+            "step": str(status.step),
+            "weight": repr(status.weight),
+            "stable": status.stable or "",
+            "canary": status.canary or "",
+            "reason": reason,
+            "metrics": json.dumps(dict(metrics or {})),
+        }
+
+    async def transition(
+        self,
+        old: RolloutStatus,
+        new: RolloutStatus,
+        actor: Actor,
+        action: str,
+        identity: str = "",
+        metrics: Mapping[str, Any] | None = None,
+        lease: str | None = None,
+        seed_thresholds: RolloutSpec | None = None,
+    ) -> RolloutStatus:
+        """Write `new` if the stored version is still `old.version`; returns it with its version.
+
+        `lease` (controller writes) must still be the current lease value; `seed_thresholds`
+        resets the thresholds held in Redis to that spec's in the same atomic step (start).
+        """
+        data = new.to_dict()
+        del data["version"]
+        event = self._event(new, actor, identity, action, new.reason, metrics)
+        args: list[str | int] = [
+            old.version,
+            json.dumps(data),
+            lease or "",
+            self.channel,
+            new.name,
+            json.dumps(seed_thresholds.tunables()) if seed_thresholds else "",
+        ]
+        for k, v in event.items():
+            args += [k, v]
+        ok, version = await self._transition(
+            keys=[
+                self.key(new.name, "status"),
+                self.key(new.name, "history"),
+                self.epoch_key,
+                self.leader_key,
+                self.key(new.name, "thresholds"),
+            ],
+            args=args,
+        )
+        if ok == -1:
+            raise NotLeaderError(f"{identity or 'controller'} no longer holds the lease")
+        if ok == 0:
+            raise ConflictError(
+                f"{new.name} changed underneath (version {old.version} -> {version}); "
+                "nothing was written: check `rolloutctl status` and retry"
+            )
+        return new.evolve(version=int(version))
+
+    # -- history and analysis ----------------------------------------------------------------
+
+    async def history(self, name: str) -> list[dict[str, Any]]:
+        await self.registered(name)
+        out = []
+        for entry_id, fields in await self.client.xrange(self.key(name, "history")):
+            f = {_text(k): _text(v) for k, v in fields.items()}
+            ts = float(f["at"])
+            out.append(
+                {
+                    "id": _text(entry_id),
+                    "at": _iso(ts),
+                    "ts": ts,
+                    "version": int(f["version"]),
+                    "actor": f["actor"],
+                    "identity": f["identity"],
+                    "action": f["action"],
+                    "phase": f["phase"],
+                    "step": int(f["step"]),
+                    "weight": float(f["weight"]),
+                    "stable": f["stable"] or None,
+                    "canary": f["canary"] or None,
+                    "reason": f["reason"],
+                    "metrics": json.loads(f["metrics"]),
+                }
+            )
+        return out
+
+    async def save_analysis(self, name: str, doc: Mapping[str, Any]) -> None:
+        await self.client.set(self.key(name, "analysis"), json.dumps(doc), ex=ANALYSIS_TTL_SECONDS)
+
+    async def last_analysis(self, name: str) -> dict[str, Any] | None:
+        raw = await self.client.get(self.key(name, "analysis"))
+        return dict(json.loads(raw)) if raw else None
