@@ -36,8 +36,11 @@ class Profile:
     latency_ms: float  # the seed's GPU latency, simulated by lvm-serve
 
 
-# Calibrated (see tests/unit/test_predictor.py) at the traffic generator's default context
-# length to the seed's Hit@5 of ~59% (Phase 1) and ~66% (Phase 2).
+# The context length the profiles are calibrated at (lvm-traffic's default): longer contexts
+# are realistic but cost ~8 KB of JSON per vector on every hop.
+CALIBRATION_CONTEXT = 32
+# Calibrated (tests/unit/test_predictor.py) to the seed's Hit@5 proxy against the world's true
+# next concept: ~59% (Phase 1) and ~66% (Phase 2).
 PROFILES: dict[str, Profile] = {
     "phase1": Profile("phase1", window=100, half_life=2.0, sharpness=1.5, latency_ms=0.5),
     "phase2": Profile("phase2", window=500, half_life=64.0, sharpness=1.5, latency_ms=2.5),

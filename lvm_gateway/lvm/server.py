@@ -129,12 +129,12 @@ class InferService:
         except BadRequestError as exc:
             return exc.status, orjson.dumps({"error": str(exc)})
         fault = self.faults.draw()
-        if self.latency_s > 0:
-            await asyncio.sleep(self.latency_s)
         if fault == "error":
+            await self._pad(t0)
             return 500, _ERROR_BODY
         vec = np.asarray(self.predictor.predict(context, tmd), dtype=np.float32)
         neighbors = self.world.neighbors(vec, _N_NEIGHBORS)
+        await self._pad(t0)
         payload = {
             "predicted_vector": vec,
             "confidence": max(0.0, neighbors[0][1]),
@@ -145,6 +145,12 @@ class InferService:
         if fault == "nan":
             return 200, _nan_body(payload)
         return 200, orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    async def _pad(self, t0: float) -> None:
+        """Simulate the model's latency: an answer takes at least `latency_ms` in all."""
+        remaining = self.latency_s - (time.perf_counter() - t0)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
 
 
 def build_app(service: InferService) -> web.Application:
@@ -261,7 +267,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8100)
     p.add_argument("--checkpoint", help="serve a trained model instead of the analytic one")
-    p.add_argument("--latency-ms", type=float, help="added per request (default: the profile's)")
+    p.add_argument(
+        "--latency-ms", type=float, help="least time per answer (default: the profile's)"
+    )
     p.add_argument("--error-rate", type=float, default=0.0, help="share answered with a 500")
     p.add_argument("--nan-rate", type=float, default=0.0, help="share with NaN in the prediction")
     p.add_argument(

@@ -30,9 +30,9 @@ from rich.table import Table
 from rich.text import Text
 
 from lvm_gateway.errors import TrafficError
+from lvm_gateway.lvm.predictor import CALIBRATION_CONTEXT
 from lvm_gateway.lvm.world import HIT_THRESHOLDS, N_LANES, World, cosine_hits, id_hits
 
-DEFAULT_CONTEXT = 32  # the length the analytic profiles are calibrated at
 _SESSION_STEPS = 200  # requests before a user's walk is renewed
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
@@ -44,7 +44,7 @@ class TrafficConfig:
     duration: float = 10.0
     users: int = 100
     path: str = "/infer"
-    context: int = DEFAULT_CONTEXT
+    context: int = CALIBRATION_CONTEXT
     feedback_rate: float = 0.0
     feedback_mode: Literal["vector", "id"] = "vector"
     lane: int | None = None
@@ -352,7 +352,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=10.0, help="seconds")
     p.add_argument("--users", type=int, default=100)
     p.add_argument("--path", default="/infer")
-    p.add_argument("--context", type=int, default=DEFAULT_CONTEXT, help="vectors per request")
+    p.add_argument("--context", type=int, default=CALIBRATION_CONTEXT, help="vectors per request")
     p.add_argument("--feedback-rate", type=float, default=0.0, help="share of answers rated")
     p.add_argument("--feedback-mode", choices=["vector", "id"], default="vector")
     p.add_argument("--lane", type=int, help="only this TMD lane (default: all 16)")
