@@ -1,0 +1,227 @@
+"""Processes, nginx instances and wrk runs for the load benchmarks.
+
+Everything a benchmark starts is registered on an exit stack and stopped when its scope ends,
+also on Ctrl-C, SIGTERM or an error, so no server outlives the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from tests.procs import start, stop
+
+# Small on purpose: the benchmark measures the proxy's per-request cost, not body copying.
+REQUEST_BODY = b'{"context_vectors": [[0.1, 0.2, 0.3]], "tmd_codes": [3, 1, 2]}'
+
+# wrk's Lua hooks: cycle through pre-formatted POSTs from many users (so a sticky split really
+# splits), and print exact percentiles as JSON instead of the rounded text of --latency.
+WRK_SCRIPT = r"""
+local body = [==[%BODY%]==]
+local reqs = {}
+local n = 0
+
+function init(args)
+  for i = 1, 1000 do
+    local headers = {["Content-Type"] = "application/json", ["X-User-Id"] = "user-" .. i}
+    reqs[i] = wrk.format("POST", nil, headers, body)
+  end
+end
+
+function request()
+  n = n % #reqs + 1
+  return reqs[n]
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests": %d, "duration_us": %d, "socket_errors": %d, "status_errors": %d, ' ..
+    '"p50_us": %.1f, "p90_us": %.1f, "p99_us": %.1f, "max_us": %.1f}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
+
+
+@dataclass(frozen=True)
+class Load:
+    """One wrk measurement of one target at one connection count."""
+
+    connections: int
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    requests: int
+    errors: int  # socket errors plus non-2xx/3xx responses
+    load_before: tuple[float, float, float]
+
+
+def binary(name: str) -> str:
+    """A system tool by name; nginx lives in /usr/sbin, which a non-root PATH may lack."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if found is None:
+        raise SystemExit(f"bench: {name} not found; run bench/ensure-tools.sh (make bench does)")
+    return found
+
+
+def run_wrk(url: str, script: Path, connections: int, duration_s: float, threads: int = 1) -> Load:
+    load = os.getloadavg()
+    cmd = [
+        binary("wrk"),
+        f"-t{min(threads, connections)}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration_s))}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        url,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    line = next((ln for ln in out.splitlines() if ln.startswith("WRK_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary for {url}:\n{out}")
+    r = json.loads(line.removeprefix("WRK_JSON "))
+    return Load(
+        connections=connections,
+        rps=r["requests"] / (r["duration_us"] / 1e6),
+        p50_ms=r["p50_us"] / 1000,
+        p90_ms=r["p90_us"] / 1000,
+        p99_ms=r["p99_us"] / 1000,
+        max_ms=r["max_us"] / 1000,
+        requests=r["requests"],
+        errors=r["socket_errors"] + r["status_errors"],
+        load_before=(round(load[0], 2), round(load[1], 2), round(load[2], 2)),
+    )
+
+
+class Harness:
+    """Starts servers on free loopback ports; each lives until the scope that started it ends."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.wrk_script = workdir / "post.lua"
+        self.wrk_script.write_text(WRK_SCRIPT.replace("%BODY%", REQUEST_BODY.decode()))
+        self._stacks: list[ExitStack] = []
+
+    @contextmanager
+    def scope(self) -> Iterator[None]:
+        with ExitStack() as stack:
+            self._stacks.append(stack)
+            try:
+                yield
+            finally:
+                self._stacks.pop()
+
+    def spawn(self, name: str, args: Sequence[str], health_url: str) -> subprocess.Popen[bytes]:
+        """Start a process (a console script of this venv, or any command) and wait until ready."""
+        log = self.workdir / f"{name}.log"
+        try:
+            proc = start(args, health_url=health_url, log=log)
+        except (RuntimeError, TimeoutError) as exc:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{name} did not start: {exc}\n{tail}") from None
+        self._stacks[-1].callback(stop, proc)
+        return proc
+
+    def keep(self, proc: subprocess.Popen[bytes]) -> None:
+        """Stop a process started elsewhere (in this process group) when the whole run ends."""
+
+        def _stop() -> None:
+            proc.terminate()
+            proc.wait(10)
+
+        self._stacks[0].callback(_stop)
+
+    def nginx(self, name: str, port: int, http_block: str, workers: int | str = 1) -> None:
+        """Run an nginx master in the foreground with `http_block` inside `http {}`.
+
+        `http_block` must listen on `port` and answer `GET /healthz` there.
+        """
+        prefix = self.workdir / name
+        (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+        conf = prefix / "nginx.conf"
+        conf.write_text(
+            f"""
+worker_processes {workers};
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 4096; multi_accept on; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    # wrk keeps its connections for the whole run; nginx would otherwise close them every
+    # 1000 requests and measure reconnects.
+    keepalive_requests 10000000;
+    {http_block}
+}}
+"""
+        )
+        args = [
+            binary("nginx"),
+            "-p",
+            str(prefix),
+            "-c",
+            str(conf),
+            "-e",
+            str(prefix / "error.log"),
+        ]
+        self.spawn(name, [*args, "-g", "daemon off;"], f"http://127.0.0.1:{port}/healthz")
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit, so exit stacks stop every server as on Ctrl-C."""
+
+    def _exit(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def conditions() -> dict[str, object]:
+    """What the numbers depend on: printed with the table and stored with the results."""
+    cpu = platform.processor()
+    with suppress(OSError, StopIteration):
+        cpu = next(
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        )
+    versions = {
+        "wrk": subprocess.run([binary("wrk"), "-v"], capture_output=True, text=True).stdout,
+        "nginx": subprocess.run([binary("nginx"), "-v"], capture_output=True, text=True).stderr,
+    }
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "loadavg_start": os.getloadavg(),
+        "python": sys.version.split()[0],
+        "wrk": versions["wrk"].split("[")[0].strip(),
+        "nginx": versions["nginx"].strip().removeprefix("nginx version: "),
+        "commit": commit,
+    }
