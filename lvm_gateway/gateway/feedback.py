@@ -67,7 +67,8 @@ def parse_feedback(body: bytes) -> Feedback:
         raise BadRequestError(f"clicked_vector must be a list of {DIM} numbers, got {size}")
     if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in vec):
         raise BadRequestError("clicked_vector must contain only numbers")
-    arr = np.asarray(vec, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        arr = np.asarray(vec, dtype=np.float32)
     if not np.isfinite(arr).all():
         raise BadRequestError("clicked_vector holds a non-finite number")
     if not np.any(arr):

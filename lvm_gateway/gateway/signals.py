@@ -48,8 +48,10 @@ def inspect_answer(body: bytes, variant: str) -> Prediction:
             variant, f"predicted_vector must have {DIM} numbers, got {size}"
         )
     try:
-        arr = np.asarray(vec, dtype=np.float32)
-    except (TypeError, ValueError) as exc:  # null (orjson's NaN) or strings in the vector
+        # null (how orjson writes NaN) becomes NaN here; overflow becomes Inf: both caught below.
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = np.asarray(vec, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
         raise InvalidPredictionError(variant, "predicted_vector holds non-numbers") from exc
     if not np.isfinite(arr).all():
         raise InvalidPredictionError(variant, "predicted_vector holds NaN or Inf")
