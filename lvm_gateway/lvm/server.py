@@ -148,8 +148,8 @@ class InferService:
 
     async def _pad(self, t0: float) -> None:
         """Simulate the model's latency: an answer takes at least `latency_ms` in all."""
-        remaining = self.latency_s - (time.perf_counter() - t0)
-        if remaining > 0:
+        # A loop because the event loop's timers have millisecond granularity and may fire early.
+        while (remaining := self.latency_s - (time.perf_counter() - t0)) > 0:
             await asyncio.sleep(remaining)
 
 
