@@ -74,7 +74,7 @@ class PredictionRecords:
             fields = self._pending[request_id] = {"lane": lane}
         if served:
             fields["served"] = variant
-        fields[f"v:{variant}"] = pack_vector(pred.vector)
+        fields[f"v:{variant}"] = pack_vector(pred.vector())
         fields[f"n:{variant}"] = _SEP.join(pred.neighbor_ids)
 
     async def flush(self, client: aioredis.Redis) -> int:

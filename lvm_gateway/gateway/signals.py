@@ -7,6 +7,7 @@ orjson parses in tens of microseconds, and the lane is found without parsing the
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -22,9 +23,12 @@ _TMD_CODES = re.compile(rb'"tmd_codes"\s*:\s*\[\s*(-?\d+)')
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    vector: np.ndarray  # (768,) float32, finite
+    values: list[float]  # the 768 finite numbers of predicted_vector
     neighbor_ids: tuple[str, ...]
     best_score: float | None  # None when the server returned no neighbours
+
+    def vector(self) -> np.ndarray:
+        return np.asarray(self.values, dtype=np.float32)
 
     @property
     def empty(self) -> bool:
@@ -48,12 +52,12 @@ def inspect_answer(body: bytes, variant: str) -> Prediction:
             variant, f"predicted_vector must have {DIM} numbers, got {size}"
         )
     try:
-        # null (how orjson writes NaN) becomes NaN here; overflow becomes Inf: both caught below.
-        with np.errstate(over="ignore", invalid="ignore"):
-            arr = np.asarray(vec, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
+        # One C-level pass: a non-number raises, a NaN or Inf (also orjson's null for NaN) makes
+        # the sum non-finite. The numpy array is built only for answers that get recorded.
+        total = sum(vec, 0.0)
+    except TypeError as exc:
         raise InvalidPredictionError(variant, "predicted_vector holds non-numbers") from exc
-    if not np.isfinite(arr).all():
+    if not math.isfinite(total):
         raise InvalidPredictionError(variant, "predicted_vector holds NaN or Inf")
     ids: list[str] = []
     best: float | None = None
@@ -63,7 +67,7 @@ def inspect_answer(body: bytes, variant: str) -> Prediction:
             score = n.get("score")
             if isinstance(score, int | float) and (best is None or score > best):
                 best = float(score)
-    return Prediction(arr, tuple(ids), best)
+    return Prediction(vec, tuple(ids), best)
 
 
 def lane_of(headers: dict[str, str], body: bytes) -> str:

@@ -51,9 +51,10 @@ def test_valid_answer_and_empty_hit() -> None:
     ("body", "message"),
     [
         (json.dumps({"predicted_vector": [float("nan")] + [0.0] * 767}).encode(), "not valid JSON"),
-        (orjson.dumps({"predicted_vector": [None] + [0.0] * 767}), "NaN or Inf"),
+        (b'{"predicted_vector": [1e400]}', "not valid JSON"),
+        (orjson.dumps({"predicted_vector": [None] + [0.0] * 767}), "non-numbers"),
         (orjson.dumps({"predicted_vector": ["x"] + [0.0] * 767}), "non-numbers"),
-        (orjson.dumps({"predicted_vector": [1e39] + [0.0] * 767}), "NaN or Inf"),
+        (orjson.dumps({"predicted_vector": [1e308, 1e308] + [0.0] * 766}), "NaN or Inf"),
         (orjson.dumps({"predicted_vector": [0.0] * 512}), "must have 768 numbers, got 512"),
         (orjson.dumps({"confidence": 1}), "must have 768 numbers, got NoneType"),
     ],
