@@ -5,7 +5,6 @@
     {prefix}:rollout:{name}:status     hash {data: JSON status, version, fence}
     {prefix}:rollout:{name}:thresholds JSON tunables (seeded from the YAML on start)
     {prefix}:rollout:{name}:history    stream of transitions, oldest first
-    {prefix}:rollout:{name}:analysis   JSON of the controller's last analysis (display only)
     {prefix}:epoch                     bumped by every transition (gateways poll it)
     {prefix}:events                    pub/sub channel: "<name> <version>" per transition
     {prefix}:leader                    the controller lease, "<fencing token>:<identity>"
@@ -39,7 +38,6 @@ from lvm_gateway.rollout.model import Actor, RolloutStatus
 from lvm_gateway.rollout.spec import TUNABLE_KEYS, RolloutSpec, Thresholds
 
 HISTORY_MAXLEN = 10_000  # also hard-coded in _TRANSITION
-ANALYSIS_TTL_SECONDS = 3600
 
 _TRANSITION = """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
@@ -296,7 +294,7 @@ class RolloutStore:
             )
         return new.evolve(version=int(version))
 
-    # -- history and analysis ----------------------------------------------------------------
+    # -- history -----------------------------------------------------------------------
 
     async def history(self, name: str) -> list[dict[str, Any]]:
         await self.registered(name)
@@ -323,10 +321,3 @@ class RolloutStore:
                 }
             )
         return out
-
-    async def save_analysis(self, name: str, doc: Mapping[str, Any]) -> None:
-        await self.client.set(self.key(name, "analysis"), json.dumps(doc), ex=ANALYSIS_TTL_SECONDS)
-
-    async def last_analysis(self, name: str) -> dict[str, Any] | None:
-        raw = await self.client.get(self.key(name, "analysis"))
-        return dict(json.loads(raw)) if raw else None

@@ -1,0 +1,155 @@
+"""The rollout controller: the lease holder reconciles every rollout each interval_seconds.
+
+One pass for one rollout: read its effective spec (YAML + thresholds in Redis) and status,
+follow a changed (stable, canary) pair, merge every replica's windows since the step began,
+run the pure `reconcile`, and write the result with one fenced compare-and-set. Runs inside
+`lvm-gateway serve` by default, as `rolloutctl controller`, or once (`--once`) from cron.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from lvm_gateway.errors import ConflictError, NotLeaderError, RolloutError, UnknownRolloutError
+from lvm_gateway.rollout.lease import Lease
+from lvm_gateway.rollout.model import Actor, Phase, RolloutStatus
+from lvm_gateway.rollout.observations import Observations
+from lvm_gateway.rollout.reconcile import Action, reconcile
+from lvm_gateway.rollout.store import Registered, RolloutStore, open_client
+from lvm_gateway.rollout.transitions import align
+from lvm_gateway.rollout.windows import read_windows
+
+log = logging.getLogger(__name__)
+
+# The analysis reads at most this far back, however long the step has run: the windows'
+# TTL and the read cost stay bounded for production steps of hours or days.
+MAX_LOOKBACK_SECONDS = 600
+
+
+async def observe(
+    client: aioredis.Redis, prefix: str, status: RolloutStatus, now: float
+) -> Observations:
+    """Every replica's counts for the canary and the stable variant since the step began."""
+    started = status.step_started_at if status.step_started_at is not None else now
+    since = max(started, now - MAX_LOOKBACK_SECONDS)
+    names = [n for n in (status.canary, status.stable) if n is not None]
+    windows = await read_windows(client, prefix, names, since, now)
+    empty = Observations(since=since, until=now)
+    return Observations(
+        canary=windows.get(status.canary or "", empty.canary),
+        stable=windows.get(status.stable or "", empty.stable),
+        since=since,
+        until=now,
+    )
+
+
+async def reconcile_rollout(
+    store: RolloutStore, name: str, identity: str, lease: str | None, now: float
+) -> tuple[RolloutStatus, Action | None, Registered]:
+    """One controller pass over one rollout; returns the status after it and what it did."""
+    reg = await store.effective(name)
+    status = await store.get(name)
+    aligned = align(status, reg.stable, reg.canary, now)
+    if not aligned.same_state(status):
+        status = await store.transition(
+            status, aligned, Actor.CONTROLLER, "align", identity, lease=lease
+        )
+    if status.phase != Phase.PROGRESSING:
+        return status, None, reg
+    observations = await observe(store.client, store.prefix, status, now)
+    new, actions = reconcile(status, observations, reg.spec, now)
+    action = actions[0]
+    if not new.same_state(status):
+        new = await store.transition(
+            status, new, Actor.CONTROLLER, str(action.kind), identity, action.metrics, lease
+        )
+        log.info("rollout %s: %s", name, action.reason)
+    return new, action, reg
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def run_controller(
+    redis_url: str,
+    prefix: str,
+    stop: asyncio.Event,
+    identity: str,
+    clock: Callable[[], float] = time.time,
+    lease_seconds: float = 3.0,
+    tick_seconds: float = 0.1,
+) -> None:
+    """Until `stop` is set: contend for the lease; while holding it, reconcile what is due."""
+    client = open_client(redis_url)
+    store = RolloutStore(client, prefix)
+    lease = Lease(client, prefix, identity, lease_seconds)
+    due: dict[str, float] = {}
+    try:
+        while not stop.is_set():
+            try:
+                if await lease.hold():
+                    for name in await store.names():
+                        if clock() < due.get(name, 0.0):
+                            continue
+                        try:
+                            _, _, reg = await reconcile_rollout(
+                                store, name, identity, lease.value, clock()
+                            )
+                            due[name] = clock() + reg.spec.interval_seconds
+                        except ConflictError as exc:
+                            log.info("rollout %s: %s; re-reading next tick", name, exc)
+                        except UnknownRolloutError:
+                            due[name] = clock() + 5.0
+                else:
+                    due.clear()
+            except NotLeaderError:
+                lease.lost()
+                due.clear()
+            except (RedisError, OSError) as exc:
+                log.warning("controller %s: Redis error: %s", identity, exc)
+                lease.lost()
+                due.clear()
+            await _wait(stop, tick_seconds)
+    finally:
+        with contextlib.suppress(RedisError, OSError):
+            await lease.release()
+        with contextlib.suppress(RedisError, OSError):
+            await client.aclose()
+
+
+async def reconcile_once(
+    redis_url: str,
+    prefix: str,
+    identity: str,
+    clock: Callable[[], float] = time.time,
+    lease_seconds: float = 3.0,
+) -> dict[str, str]:
+    """One pass over every rollout (cron-style); refuses while another controller leads."""
+    client = open_client(redis_url)
+    try:
+        store = RolloutStore(client, prefix)
+        lease = Lease(client, prefix, identity, lease_seconds)
+        if not await lease.hold():
+            holder = await lease.holder()
+            raise RolloutError(f"another controller holds the lease ({holder}); nothing done")
+        try:
+            done: dict[str, str] = {}
+            for name in await store.names():
+                status, action, _ = await reconcile_rollout(
+                    store, name, identity, lease.value, clock()
+                )
+                done[name] = action.reason if action else f"{status.phase}: nothing to do"
+            return done
+        finally:
+            await lease.release()
+    finally:
+        await client.aclose()

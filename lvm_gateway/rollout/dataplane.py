@@ -1,0 +1,129 @@
+"""Everything a gateway process needs from the control plane, behind one object.
+
+    dp = RolloutDataPlane(redis_url, prefix, run_controller=True, identity="host:pid")
+    await dp.start(config)          # never raises for Redis; background tasks start
+    dp.weights / dp.shadow          # per request, no await (RoutingView.weights)
+    dp.recorder.record_request(...) # per upstream call, no I/O
+    dp.connected                    # /readyz: False -> "degraded", still serving
+    await dp.on_config(config)      # hot reload
+    await dp.stop()
+
+Background tasks: the weight snapshot, the window flush every `flush_interval_s`, the
+registration of the config's rollouts (retried until Redis answers) and optionally the
+controller, which only acts while it holds the lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+
+from redis.exceptions import RedisError
+
+from lvm_gateway.gateway.config import Config
+from lvm_gateway.rollout.controller import run_controller
+from lvm_gateway.rollout.snapshot import Pair, RolloutSnapshot
+from lvm_gateway.rollout.store import RolloutStore, open_client
+from lvm_gateway.rollout.windows import WindowRecorder
+
+log = logging.getLogger(__name__)
+
+
+def rollout_pairs(config: Config) -> dict[str, Pair]:
+    """Each rollout the config drives, with its route's (stable, canary) names."""
+    out: dict[str, Pair] = {}
+    for name, spec in config.rollouts.items():
+        route = config.routes.get(spec.route)
+        out[name] = (route.stable, route.canary) if route else (None, None)
+    return out
+
+
+class RolloutDataPlane:
+    def __init__(
+        self,
+        redis_url: str,
+        prefix: str,
+        run_controller: bool,
+        identity: str,
+        flush_interval_s: float = 1.0,
+        poll_interval_s: float = 0.25,
+        lease_seconds: float = 3.0,
+    ) -> None:
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.run_controller = run_controller
+        self.identity = identity
+        self.flush_interval_s = flush_interval_s
+        self.lease_seconds = lease_seconds
+        self.recorder = WindowRecorder(prefix)
+        self.snapshot = RolloutSnapshot(redis_url, prefix, poll_interval_s)
+        self._client = open_client(redis_url)
+        self._store = RolloutStore(self._client, prefix)
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._register: asyncio.Task[None] | None = None
+
+    @property
+    def weights(self) -> Mapping[str, float]:
+        return self.snapshot.weights
+
+    @property
+    def shadow(self) -> Mapping[str, float]:
+        return self.snapshot.shadow
+
+    @property
+    def connected(self) -> bool:
+        return self.snapshot.connected
+
+    async def start(self, config: Config) -> None:
+        self.snapshot.bind(rollout_pairs(config))
+        self._tasks.append(asyncio.create_task(self.snapshot.run(), name="rollout-snapshot"))
+        self._tasks.append(asyncio.create_task(self._flush_loop(), name="rollout-flush"))
+        if self.run_controller:
+            controller = run_controller(self.redis_url, self.prefix, self._stop, self.identity,
+                                        lease_seconds=self.lease_seconds)  # fmt: skip
+            self._tasks.append(asyncio.create_task(controller, name="rollout-controller"))
+        self._schedule_register(config)
+
+    async def on_config(self, config: Config) -> None:
+        self.snapshot.bind(rollout_pairs(config))
+        self._schedule_register(config)
+
+    def _schedule_register(self, config: Config) -> None:
+        if self._register is not None:
+            self._register.cancel()
+        self._register = asyncio.create_task(self._register_loop(config), name="rollout-register")
+
+    async def _register_loop(self, config: Config) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._store.register_specs(config)
+                return
+            except (RedisError, OSError) as exc:
+                log.debug("registering rollouts waits for Redis: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval_s)
+            try:
+                await self.recorder.flush(self._client)
+            except (RedisError, OSError) as exc:
+                log.debug("window flush deferred: %s", exc)
+
+    async def stop(self) -> None:
+        self._stop.set()  # the controller releases its lease on the way out
+        tasks = [*self._tasks, *([self._register] if self._register else [])]
+        for task in tasks:
+            if task.get_name() != "rollout-controller":
+                task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 3.0)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self.recorder.flush(self._client), 1.0)
+        with contextlib.suppress(RedisError, OSError):
+            await self._client.aclose()

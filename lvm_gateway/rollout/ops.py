@@ -1,0 +1,119 @@
+"""The operator's verbs as importable async functions over a RolloutStore.
+
+Each verb reads the status, applies the pure transition and writes it with one compare-and-set:
+if anything changed the rollout in between, the write fails with ConflictError rather than
+acting on a state the operator did not see (two concurrent `advance` never skip a step).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from lvm_gateway.rollout import transitions
+from lvm_gateway.rollout.analysis import Analysis, analyse
+from lvm_gateway.rollout.controller import observe
+from lvm_gateway.rollout.model import Actor, Phase, RolloutStatus
+from lvm_gateway.rollout.reconcile import reconcile
+from lvm_gateway.rollout.store import RolloutStore
+
+
+async def start(store: RolloutStore, name: str, identity: str = "") -> RolloutStatus:
+    reg = await store.registered(name)  # the YAML's spec: start re-seeds its thresholds
+    status = await store.get(name)
+    new = transitions.start(status, reg.spec, reg.stable, reg.canary, time.time())
+    return await store.transition(
+        status, new, Actor.OPERATOR, "start", identity, seed_thresholds=reg.spec
+    )
+
+
+async def current_analysis(store: RolloutStore, status: RolloutStatus) -> Analysis | None:
+    if status.phase not in transitions.ACTIVE:
+        return None
+    reg = await store.effective(status.name)
+    observations = await observe(store.client, store.prefix, status, time.time())
+    return analyse(observations, reg.spec)
+
+
+async def advance(
+    store: RolloutStore,
+    name: str,
+    to: float | None = None,
+    full: bool = False,
+    force: bool = False,
+    identity: str = "",
+) -> RolloutStatus:
+    reg = await store.effective(name)
+    status = await store.get(name)
+    analysis = None if force else await current_analysis(store, status)
+    new = transitions.advance(status, reg.spec, time.time(), analysis, to, full, force)
+    metrics = analysis.values() if analysis else {}
+    return await store.transition(status, new, Actor.OPERATOR, "advance", identity, metrics)
+
+
+async def rollback(
+    store: RolloutStore, name: str, reason: str | None = None, identity: str = ""
+) -> RolloutStatus:
+    status = await store.get(name)
+    new = transitions.rollback(status, time.time(), reason)
+    return await store.transition(status, new, Actor.OPERATOR, "rollback", identity)
+
+
+async def pause(store: RolloutStore, name: str, identity: str = "") -> RolloutStatus:
+    status = await store.get(name)
+    new = transitions.pause(status, time.time())
+    return await store.transition(status, new, Actor.OPERATOR, "pause", identity)
+
+
+async def resume(store: RolloutStore, name: str, identity: str = "") -> RolloutStatus:
+    status = await store.get(name)
+    new = transitions.resume(status, time.time())
+    return await store.transition(status, new, Actor.OPERATOR, "resume", identity)
+
+
+_WAITING = {
+    Phase.PENDING: "waiting for `rolloutctl start`",
+    Phase.PAUSED: "paused: waiting for `rolloutctl resume` (or advance/rollback)",
+    Phase.PROMOTED: "promoted: edit the policy to name the canary stable",
+    Phase.ROLLED_BACK: "rolled back: `rolloutctl start` retries from the first step",
+}
+
+
+async def describe(store: RolloutStore, name: str) -> dict[str, Any]:
+    """The status plus what `status` shows: steps, thresholds, metrics, the expected decision."""
+    now = time.time()
+    reg = await store.effective(name)
+    status = await store.get(name)
+    doc = status.to_dict()
+    doc["steps"] = list(reg.spec.model_dump(mode="json")["steps"])
+    doc["time_in_step"] = (
+        now - status.step_started_at
+        if status.step_started_at is not None and status.phase in transitions.ACTIVE
+        else None
+    )
+    doc["thresholds"] = reg.spec.tunables()
+    doc["metrics"] = []
+    doc["next"] = _WAITING.get(status.phase, "")
+    if status.phase in transitions.ACTIVE:
+        observations = await observe(store.client, store.prefix, status, now)
+        probe = status.evolve(phase=Phase.PROGRESSING)
+        _, actions = reconcile(probe, observations, reg.spec, now)
+        action = actions[0]
+        if action.analysis is not None:
+            doc["requests"] = action.analysis.requests
+            doc["metrics"] = [
+                {
+                    "metric": r.metric,
+                    "kind": r.kind,
+                    "value": r.value,
+                    "samples": r.samples,
+                    "needed": r.needed,
+                    "success": r.success,
+                    "rollback": r.rollback,
+                    "verdict": str(r.verdict),
+                }
+                for r in action.analysis.results
+            ]
+        if status.phase == Phase.PROGRESSING:
+            doc["next"] = f"{action.kind}: {action.reason}"
+    return doc

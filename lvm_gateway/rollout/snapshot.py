@@ -1,0 +1,120 @@
+"""The gateway's in-process copy of the rollout weights: read per request, never awaited.
+
+A background task keeps it current: a full read on (re)connect, a re-read on every pub/sub
+notification, and a poll of the epoch counter as a safety net for notifications lost while
+disconnected. When Redis is unreachable the last known weights stay in force and `connected`
+turns False; the task reconnects with backoff by itself.
+
+A weight applies only to the (stable, canary) pair the status was earned with: if the policy
+YAML now names another pair, the route gets weight 0 until the rollout is started for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from lvm_gateway.rollout.model import Phase, RolloutStatus
+from lvm_gateway.rollout.store import RolloutStore, open_client
+
+log = logging.getLogger(__name__)
+
+Pair = tuple[str | None, str | None]
+_MAX_BACKOFF_S = 1.0
+
+
+def weight_of(status: RolloutStatus | None, pair: Pair) -> tuple[float, float]:
+    """(canary weight, mirror share) a status gives the route whose policy names `pair`."""
+    if status is None or (status.stable, status.canary) != pair:
+        return 0.0, 0.0
+    if status.phase == Phase.PROMOTED:
+        return 100.0, 0.0
+    if status.phase in (Phase.PROGRESSING, Phase.PAUSED):
+        return status.weight, status.mirror
+    return 0.0, 0.0
+
+
+class RolloutSnapshot:
+    def __init__(self, redis_url: str, prefix: str, poll_interval_s: float = 0.25) -> None:
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.poll_interval_s = poll_interval_s
+        self.connected = False
+        # Until the first successful read there are no entries, so policies keep their YAML
+        # weights; afterwards every bound rollout has one.
+        self.weights: Mapping[str, float] = MappingProxyType({})
+        self.shadow: Mapping[str, float] = MappingProxyType({})
+        self.statuses: Mapping[str, RolloutStatus | None] = MappingProxyType({})
+        self._pairs: dict[str, Pair] = {}
+        self._stale = asyncio.Event()
+
+    def bind(self, pairs: Mapping[str, Pair]) -> None:
+        """The rollouts the current config drives, each with its route's (stable, canary)."""
+        self._pairs = dict(pairs)
+        if self.statuses:
+            self._publish(self.statuses)
+        self._stale.set()
+
+    def _publish(self, statuses: Mapping[str, RolloutStatus | None]) -> None:
+        weights, shadow = {}, {}
+        for name, pair in self._pairs.items():
+            weights[name], shadow[name] = weight_of(statuses.get(name), pair)
+        # Whole-mapping swaps: a request reads either the old or the new weights, never a mix.
+        self.statuses = MappingProxyType(dict(statuses))
+        self.weights = MappingProxyType(weights)
+        self.shadow = MappingProxyType(shadow)
+
+    async def refresh(self, store: RolloutStore) -> int:
+        epoch = await store.epoch()
+        self._publish(await store.statuses(list(self._pairs)))
+        return epoch
+
+    async def run(self) -> None:
+        backoff = 0.05
+        while True:
+            client = open_client(self.redis_url)
+            store = RolloutStore(client, self.prefix)
+            pubsub = client.pubsub()
+            try:
+                await pubsub.subscribe(store.channel)
+                epoch = await self.refresh(store)
+                self.connected = True
+                backoff = 0.05
+                await self._follow(store, pubsub, epoch)
+            except (RedisError, OSError) as exc:
+                if self.connected:
+                    log.warning("rollout snapshot lost Redis (%s); keeping last weights", exc)
+                self.connected = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+            finally:
+                await _quietly_close(pubsub, client)
+
+    async def _follow(self, store: RolloutStore, pubsub: PubSub, epoch: int) -> None:
+        loop = asyncio.get_running_loop()
+        next_poll = loop.time() + self.poll_interval_s
+        while True:
+            message = await pubsub.get_message(
+                ignore_subscribe_messages=True, timeout=self.poll_interval_s
+            )
+            if message is not None or self._stale.is_set():
+                self._stale.clear()
+                epoch = await self.refresh(store)
+            elif loop.time() >= next_poll:
+                next_poll = loop.time() + self.poll_interval_s
+                if await store.epoch() != epoch:
+                    epoch = await self.refresh(store)
+
+
+async def _quietly_close(pubsub: PubSub, client: aioredis.Redis) -> None:
+    with contextlib.suppress(RedisError, OSError):
+        await pubsub.aclose()
+    with contextlib.suppress(RedisError, OSError):
+        await client.aclose()
