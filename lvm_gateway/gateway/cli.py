@@ -33,13 +33,14 @@ def build_app() -> object:
     from lvm_gateway.rollout.dataplane import RolloutDataPlane
 
     config = load_config(os.environ[_ENV_CONFIG])
+    redis_url = os.environ[_ENV_REDIS]
     dataplane = RolloutDataPlane(
-        redis_url=os.environ[_ENV_REDIS],
+        redis_url=redis_url,
         prefix=config.spec.redis_prefix,
         run_controller=os.environ.get(_ENV_CONTROLLER, "1") == "1",
         identity=f"{socket.gethostname()}:{os.getpid()}",
     )
-    return GatewayApp(config, dataplane)
+    return GatewayApp(config, dataplane, redis_url)
 
 
 def serve(
