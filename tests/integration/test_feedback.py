@@ -1,0 +1,152 @@
+"""Feedback and quality signals through real gateways, real model servers and a real Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from tests.integration.gateway_env import Gateway, gateway, infer_body, model_server
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    logs = tmp_path_factory.mktemp("servers")
+    with (
+        model_server("phase1", "--latency-ms", "0", log_dir=logs) as p1,
+        model_server("phase2", "--latency-ms", "0", log_dir=logs) as p2,
+        model_server("phase2", "--latency-ms", "0", "--nan-rate", "1", log_dir=logs) as nan,
+    ):
+        yield {"phase1": p1, "phase2": p2, "nan": nan}
+
+
+def config(servers: dict[str, str], policy: str, extra: str = "", fallback: bool = True) -> str:
+    variants = "\n".join(
+        f'  {name}: {{url: "{url}", timeout_ms: 500}}' for name, url in servers.items()
+    )
+    return (
+        f"variants:\n{variants}\nroutes:\n  - path: /infer\n    fallback: {str(fallback).lower()}\n"
+        f"    policy: {policy}\n{extra}"
+    )
+
+
+def served_vector(gw: Gateway, **headers: str) -> tuple[str, np.ndarray, list[str]]:
+    r = gw.infer(headers, body=infer_body(tmd=(3, 1, 2)))
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    return (
+        r.headers["x-request-id"],
+        np.asarray(doc["predicted_vector"], dtype=np.float32),
+        [n["id"] for n in doc["neighbors"]],
+    )
+
+
+def post_feedback(gw: Gateway, doc: object) -> tuple[int, dict[str, object]]:
+    r = gw.http.post("/v1/feedback", content=orjson.dumps(doc))
+    return r.status_code, r.json()
+
+
+def test_feedback_round_trip_across_two_replicas(
+    servers: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    text = config(servers, "phase2")
+    with gateway(text, redis_url, tmp_path) as a, gateway(text, redis_url, tmp_path) as b:
+        rid, vec, _ = served_vector(a)
+        # Scored on replica b: the record crossed through Redis (flushed within ~100 ms).
+        status, body = 0, {}
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            status, body = post_feedback(b, {"request_id": rid, "clicked_vector": vec.tolist()})
+            if status != 404:
+                break
+            time.sleep(0.05)
+        assert status == 202, body
+        (scored,) = body["recorded"]
+        assert scored["variant"] == "phase2" and scored["shadow"] is False
+        assert scored["hit@1"] and scored["hit@5"] and scored["hit@10"]
+        assert scored["cosine"] > 0.99  # int8 storage keeps the cosine
+        assert body["lane"] == "lane_3"
+        # The same feedback again, on either replica, counts once.
+        assert post_feedback(a, {"request_id": rid, "clicked_vector": vec.tolist()}) == (
+            200, {"request_id": rid, "duplicate": True, "recorded": []})  # fmt: skip
+        assert b.metric("lvmgw_hit_proxy_total", variant="phase2", k="5", lane="lane_3") == 1
+        assert a.metric("lvmgw_hit_proxy_total", variant="phase2") == 0
+        assert a.metric("lvmgw_feedback_total", result="duplicate") == 1
+        # Exact id feedback: the 7th neighbour is a hit at 10, not at 5.
+        rid2, _, ids2 = served_vector(a)
+        a.wait_until(
+            lambda: post_feedback(b, {"request_id": rid2, "clicked_id": ids2[6]})[0] == 202
+        )
+        assert b.metric("lvmgw_hit_proxy_total", variant="phase2", k="10") == 2
+        assert b.metric("lvmgw_hit_proxy_total", variant="phase2", k="5") == 1
+
+
+def test_unknown_and_expired_ids_are_404(
+    servers: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    text = config(servers, "phase2", "feedback: {ttl_seconds: 0.5}\n")
+    with gateway(text, redis_url, tmp_path) as gw:
+        status, body = post_feedback(gw, {"request_id": "never-issued", "clicked_id": "c1"})
+        assert status == 404 and "never-issued" in str(body["message"])
+        rid, _, ids = served_vector(gw)
+        time.sleep(1.0)
+        status, body = post_feedback(gw, {"request_id": rid, "clicked_id": ids[0]})
+        assert status == 404 and "expired" in str(body["message"])
+
+
+def test_unsampled_requests_are_not_recorded(
+    servers: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    text = config(servers, "phase2", "feedback: {sample_rate: 0}\n")
+    with gateway(text, redis_url, tmp_path) as gw:
+        rid, _, ids = served_vector(gw)
+        time.sleep(0.3)
+        assert post_feedback(gw, {"request_id": rid, "clicked_id": ids[0]})[0] == 404
+
+
+def test_malformed_feedback_is_4xx_and_records_nothing(
+    servers: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    with gateway(config(servers, "phase2"), redis_url, tmp_path) as gw:
+        rid, vec, _ = served_vector(gw)
+        time.sleep(0.3)
+        cases = [
+            b"{nope",
+            orjson.dumps({"request_id": rid}),
+            orjson.dumps({"request_id": rid, "clicked_id": "c1", "clicked_vector": vec.tolist()}),
+            orjson.dumps({"request_id": rid, "clicked_vector": vec.tolist()[:100]}),
+            b'{"request_id": "%s", "clicked_vector": [NaN]}' % rid.encode(),
+            orjson.dumps({"request_id": 5, "clicked_id": "c1"}),
+        ]
+        for case in cases:
+            r = gw.http.post("/v1/feedback", content=case)
+            assert r.status_code == 400, (case[:80], r.text)
+            assert r.json()["message"]
+        assert gw.http.get("/v1/feedback").status_code == 405
+        assert gw.metric("lvmgw_feedback_total", result="rejected") == len(cases) + 1
+        assert gw.metric("lvmgw_feedback_total", result="recorded") == 0
+        # Nothing was consumed: the first valid feedback for the id still counts.
+        assert post_feedback(gw, {"request_id": rid, "clicked_vector": vec.tolist()})[0] == 202
+
+
+def test_nan_predictions_never_reach_a_client_as_success(
+    servers: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    policy = "{canary: {stable: phase1, canary: nan, weight: 100}}"
+    with gateway(config(servers, policy, fallback=False), redis_url, tmp_path) as gw:
+        for _ in range(5):
+            r = gw.infer()
+            assert r.status_code == 502 and r.json()["error"] == "invalid_prediction"
+            assert r.headers["x-variant"] == "nan"
+        assert gw.metric("lvmgw_invalid_predictions_total", variant="nan") == 5
+    with gateway(config(servers, policy), redis_url, tmp_path) as gw:
+        for _ in range(5):
+            r = gw.infer()
+            assert r.status_code == 200 and r.headers["x-variant"] == "phase1"
+            assert all(np.isfinite(r.json()["predicted_vector"]))
