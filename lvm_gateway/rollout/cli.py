@@ -32,7 +32,7 @@ from lvm_gateway.rollout.model import RolloutStatus
 from lvm_gateway.rollout.store import RolloutStore, open_client
 
 out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # one-line reasons
 
 _PHASE_STYLE = {
     "Pending": "dim",
@@ -127,8 +127,9 @@ async def cmd_history(store: RolloutStore, args: argparse.Namespace) -> int:
     for col in ("at", "actor", "action", "phase", "step", "weight", "reason"):
         table.add_column(col)
     for e in events:
+        when = e["at"][11:23]  # the time of day; --json has the full timestamp
         table.add_row(
-            e["at"], e["actor"], e["action"], e["phase"], str(e["step"]), f"{e['weight']:g}%",
+            when, e["actor"], e["action"], e["phase"], str(e["step"]), f"{e['weight']:g}%",
             e["reason"],
         )  # fmt: skip
     out.print(table)

@@ -58,7 +58,9 @@ def start(
     status: RolloutStatus, spec: RolloutSpec, stable: str | None, canary: str | None, now: float
 ) -> RolloutStatus:
     if status.phase in ACTIVE:
-        raise InvalidTransitionError(f"{_where(status)}; use advance, pause/resume or rollback")
+        raise InvalidTransitionError(
+            f"already started: {_where(status)}; use advance, pause/resume or rollback"
+        )
     if status.phase == Phase.PROMOTED and status.canary == canary:
         raise InvalidTransitionError(
             f"{status.name} is already Promoted ({canary} serves 100%); edit the policy to name "

@@ -1,0 +1,138 @@
+"""The controller's state machine over an injected clock: hold, advance, fail, roll back, pause."""
+
+from __future__ import annotations
+
+from lvm_gateway.rollout.model import Phase, RolloutStatus
+from lvm_gateway.rollout.observations import Observations, VariantWindow, latency_field
+from lvm_gateway.rollout.reconcile import ActionKind, reconcile
+from lvm_gateway.rollout.spec import RolloutSpec
+from lvm_gateway.rollout.transitions import start
+
+SPEC = RolloutSpec.model_validate(
+    {
+        "route": "/infer",
+        "steps": [10, 20, 50, 100],
+        "step_min_seconds": 30,
+        "interval_seconds": 5,
+        "min_requests": 200,
+        "failure_limit": 2,
+        "max_hold_seconds": 600,
+    }
+)
+T0 = 1_000_000.0
+
+
+def obs(n: int = 500, errors: int = 0, latency_ms: float = 2.0) -> Observations:
+    counts = {"n": n, "err": errors, latency_field(latency_ms / 1000): n} if n else {}
+    return Observations(canary=VariantWindow(counts), stable=VariantWindow(counts))
+
+
+HEALTHY, SLOW, THIN = obs(), obs(latency_ms=40.0), obs(n=20)
+
+
+def started(spec: RolloutSpec = SPEC) -> RolloutStatus:
+    return start(RolloutStatus("phase2"), spec, "phase1", "phase2", T0)
+
+
+def test_start_enters_the_first_step() -> None:
+    s = started()
+    assert (s.phase, s.step, s.weight, s.step_started_at) == (Phase.PROGRESSING, 0, 10.0, T0)
+    assert (s.stable, s.canary, s.started_at) == ("phase1", "phase2", T0)
+
+
+def test_holds_until_step_min_seconds_then_advances() -> None:
+    s = started()
+    held, (action,) = reconcile(s, HEALTHY, SPEC, T0 + 29)
+    assert held is s and action.kind == ActionKind.HOLD and "next step in 1s" in action.reason
+    moved, (action,) = reconcile(s, HEALTHY, SPEC, T0 + 30)
+    assert action.kind == ActionKind.ADVANCE
+    assert (moved.phase, moved.step, moved.weight, moved.step_started_at) == (
+        Phase.PROGRESSING, 1, 20.0, T0 + 30,
+    )  # fmt: skip
+    assert action.metrics["requests"] == 500
+
+
+def test_walks_every_step_to_promoted() -> None:
+    s, now, seen = started(), T0, []
+    while s.phase == Phase.PROGRESSING:
+        now += 30
+        s, _ = reconcile(s, HEALTHY, SPEC, now)
+        seen.append((s.phase, s.weight))
+    assert seen == [
+        (Phase.PROGRESSING, 20.0),
+        (Phase.PROGRESSING, 50.0),
+        (Phase.PROGRESSING, 100.0),
+        (Phase.PROMOTED, 100.0),
+    ]
+    assert s.step == 3 and "promoted" in s.reason
+
+
+def test_thin_data_holds_and_never_advances() -> None:
+    s = started()
+    for dt in (30, 300, 599):
+        held, (action,) = reconcile(s, THIN, SPEC, T0 + dt)
+        assert held is s and action.kind == ActionKind.HOLD
+        assert "requests 20/200" in action.reason
+
+
+def test_thin_data_pauses_after_max_hold() -> None:
+    paused, (action,) = reconcile(started(), THIN, SPEC, T0 + 600)
+    assert action.kind == ActionKind.PAUSE
+    assert paused.phase == Phase.PAUSED and paused.weight == 10.0
+    assert paused.reason.startswith("insufficient traffic")
+
+
+def test_failing_success_criteria_holds_then_pauses() -> None:
+    meh = obs(latency_ms=7.0)
+    held, (action,) = reconcile(started(), meh, SPEC, T0 + 60)
+    assert held.phase == Phase.PROGRESSING and action.kind == ActionKind.HOLD
+    assert "p95_ms" in action.reason
+    paused, (action,) = reconcile(started(), meh, SPEC, T0 + 600)
+    assert paused.phase == Phase.PAUSED and "success criteria not met" in paused.reason
+
+
+def test_rollback_after_failure_limit_consecutive_breaches() -> None:
+    s = started()
+    once, (action,) = reconcile(s, SLOW, SPEC, T0 + 5)
+    assert action.kind == ActionKind.FAILURE
+    assert (once.phase, once.failures, once.weight) == (Phase.PROGRESSING, 1, 10.0)
+    twice, (action,) = reconcile(once, SLOW, SPEC, T0 + 10)
+    assert action.kind == ActionKind.ROLLBACK
+    assert (twice.phase, twice.weight, twice.failures) == (Phase.ROLLED_BACK, 0.0, 0)
+    assert "p95_ms" in twice.reason and "2 consecutive" in twice.reason
+
+
+def test_a_good_analysis_resets_the_failure_count() -> None:
+    once, _ = reconcile(started(), SLOW, SPEC, T0 + 5)
+    recovered, (action,) = reconcile(once, HEALTHY, SPEC, T0 + 10)
+    assert recovered.failures == 0 and action.kind == ActionKind.HOLD
+    again, (action,) = reconcile(recovered, SLOW, SPEC, T0 + 15)
+    assert again.phase == Phase.PROGRESSING and again.failures == 1
+
+
+def test_certain_breach_on_thin_data_counts() -> None:
+    errors = obs(n=50, errors=10)
+    once, (action,) = reconcile(started(), errors, SPEC, T0 + 5)
+    assert action.kind == ActionKind.FAILURE and "error_rate" in action.reason
+    assert once.failures == 1
+
+
+def test_failure_limit_one_rolls_back_at_once() -> None:
+    spec = SPEC.model_copy(update={"failure_limit": 1})
+    s, _ = reconcile(started(spec), SLOW, spec, T0 + 5)
+    assert s.phase == Phase.ROLLED_BACK
+
+
+def test_only_progressing_rollouts_are_reconciled() -> None:
+    for phase in (Phase.PENDING, Phase.PAUSED, Phase.PROMOTED, Phase.ROLLED_BACK):
+        s = started().evolve(phase=phase)
+        out, (action,) = reconcile(s, SLOW, SPEC, T0 + 1000)
+        assert out is s and action.kind == ActionKind.HOLD
+
+
+def test_shadow_step_serves_nobody_and_mirrors() -> None:
+    spec = SPEC.model_copy(update={"steps": ("shadow", 10.0, 100.0), "shadow_percent": 25.0})
+    s = started(spec)
+    assert (s.step, s.weight, s.mirror) == (0, 0.0, 25.0)
+    s, _ = reconcile(s, HEALTHY, spec, T0 + 30)
+    assert (s.step, s.weight, s.mirror) == (1, 10.0, 0.0)

@@ -1,0 +1,51 @@
+"""Rollout YAML: steps, generic bounds, and the error paths `lvm-gateway validate` prints."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from lvm_gateway.errors import ConfigError
+from lvm_gateway.gateway.config import parse_config
+from lvm_gateway.rollout.spec import RolloutSpec
+
+DOC = {
+    "variants": {"a": {"url": "http://127.0.0.1:1"}, "b": {"url": "http://127.0.0.1:2"}},
+    "routes": [{"path": "/infer", "policy": {"canary": {"stable": "a", "canary": "b"}}}],
+}
+
+
+def errors_for(rollout: dict[str, object]) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        parse_config({**DOC, "rollouts": {"lvm": {"route": "/infer", **rollout}}})
+    return exc.value.errors
+
+
+def test_step_errors_carry_their_path() -> None:
+    assert errors_for({"steps": [10, 20, 20, 100]}) == ["rollouts.lvm.steps[2]: must be > 20"]
+    assert "rollouts.lvm.steps[1]: 'shadow' may only be the first step" in errors_for(
+        {"steps": [10, "shadow", 100]}
+    )
+
+
+def test_unknown_threshold_key_is_an_error() -> None:
+    assert errors_for({"success": {"p99_ms_max": 3}}) == [
+        "rollouts.lvm.success.p99_ms_max: unknown key"
+    ]
+
+
+def test_rollback_must_be_looser_than_success() -> None:
+    (msg,) = errors_for({"rollback": {"p95_ms_max": 4}})
+    assert "rollback.p95_ms_max (4) must be >= success.p95_ms_max (5)" in msg
+
+
+def test_bounds_and_tunables() -> None:
+    spec = RolloutSpec.model_validate({"route": "/x", "steps": ["shadow", 50, 100]})
+    assert list(spec.success.bounds()) == [("p95_ms", "max", 5.0), ("error_rate", "max", 0.001)]
+    assert [spec.step_weight(i) for i in range(3)] == [0.0, 50.0, 100.0]
+    tunables = spec.tunables()
+    assert "steps" not in tunables and tunables["success"] == {
+        "p95_ms_max": 5.0, "error_rate_max": 0.001,
+    }  # fmt: skip
+    with pytest.raises(ValidationError):
+        RolloutSpec.model_validate({"route": "/x", "shadow_percent": 101})
