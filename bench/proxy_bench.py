@@ -305,8 +305,8 @@ def table(rows: list[Row], verdicts: Verdicts, baseline: str, rounds: int) -> Ta
                 end_section=i == len(CONNECTIONS) - 1,
             )
     t.caption = (
-        f"proxies forward to {baseline!r}. Goals for the gateway: req/s >= "
-        f"{MIN_RPS_VS_NGINX:.0%} of {verdicts.reference} at {hi} connections (1 worker); "
+        f"proxies forward to {baseline!r}. Goals for the gateway: req/s >= {MIN_RPS_VS_NGINX:.0%} "
+        f"of {verdicts.reference or 'nginx (not run)'} at {hi} connections (1 worker); "
         f"+p50 <= {MAX_P50_ADDED_MS} ms over direct at {lo} connection. canary: share of "
         f"{SPLIT_PROBES} probe users routed to the canary (weight {CANARY_WEIGHT}%)."
     )
