@@ -12,6 +12,7 @@ import contextlib
 import getpass
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -152,9 +153,10 @@ async def cmd_thresholds(store: RolloutStore, args: argparse.Namespace) -> int:
 
 
 async def cmd_controller(store: RolloutStore, args: argparse.Namespace) -> int:
-    identity = f"rolloutctl:{socket.gethostname()}:{id(store):x}"
+    identity = f"rolloutctl:{socket.gethostname()}:{os.getpid()}"
     if args.once:
-        for name, what in (await reconcile_once(args.redis_url, store.prefix, identity)).items():
+        done = await reconcile_once(args.redis_url, store.prefix, identity, lease_seconds=5.0)
+        for name, what in done.items():
             out.print(f"{name}: {what}")
         return 0
     stop = asyncio.Event()
@@ -162,7 +164,9 @@ async def cmd_controller(store: RolloutStore, args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     err.print(f"controller {identity} running (prefix {store.prefix}); Ctrl-C to stop")
-    await run_controller(args.redis_url, store.prefix, stop, identity)
+    await run_controller(
+        args.redis_url, store.prefix, stop, identity, lease_seconds=args.lease_seconds
+    )
     return 0
 
 
@@ -219,6 +223,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("assignments", nargs="*", metavar="KEY=VALUE")
     c = sub.add_parser("controller", help="run the rollout controller")
     c.add_argument("--once", action="store_true", help="one reconcile pass, then exit")
+    c.add_argument("--lease-seconds", type=float, default=3.0, help="leader lease (failover time)")
     return p
 
 

@@ -1,0 +1,160 @@
+"""The Redis store: atomic transitions, fencing, history shape, thresholds validation."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from lvm_gateway.errors import (
+    ConflictError,
+    NotLeaderError,
+    ThresholdError,
+    UnknownRolloutError,
+)
+from lvm_gateway.gateway.config import load_config
+from lvm_gateway.rollout import ops
+from lvm_gateway.rollout.lease import Lease
+from lvm_gateway.rollout.model import Actor, Phase
+from lvm_gateway.rollout.store import RolloutStore, open_client
+from lvm_gateway.rollout.transitions import pause
+from tests.rolloutkit import write_policy
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def store(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> AsyncIterator[RolloutStore]:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    config = load_config(write_policy(tmp_path / "p.yaml", prefix))
+    client = open_client(redis_url)
+    s = RolloutStore(client, prefix)
+    await s.register_specs(config)
+    yield s
+    await client.aclose()
+
+
+async def test_unregistered_rollout_is_unknown(store: RolloutStore) -> None:
+    with pytest.raises(UnknownRolloutError, match="known: phase2"):
+        await store.get("nope")
+    status = await store.get("phase2")
+    assert (status.phase, status.version, status.stable, status.canary) == (
+        Phase.PENDING, 0, "phase1", "phase2",
+    )  # fmt: skip
+
+
+async def test_concurrent_advances_exactly_one_wins(store: RolloutStore, redis_url: str) -> None:
+    await ops.start(store, "phase2")
+    for _ in range(3):
+        # Separate clients, as separate rolloutctl processes would be.
+        clients = [open_client(redis_url) for _ in range(4)]
+        stores = [RolloutStore(c, store.prefix) for c in clients]
+        before = await store.get("phase2")
+        results = await asyncio.gather(
+            *(ops.advance(s, "phase2", force=True) for s in stores), return_exceptions=True
+        )
+        for c in clients:
+            await c.aclose()
+        wins = [r for r in results if not isinstance(r, BaseException)]
+        losses = [r for r in results if isinstance(r, BaseException)]
+        after = await store.get("phase2")
+        # All four read the same version before any wrote: one wins, three lose the CAS.
+        assert len(wins) == 1, results
+        assert all(isinstance(e, ConflictError) for e in losses)
+        assert wins[0].step == before.step + 1
+        assert (after.step, after.version) == (before.step + 1, before.version + 1)
+    history = await store.history("phase2")
+    versions = [e["version"] for e in history]
+    assert versions == list(range(1, len(history) + 1))
+    progress = [e["step"] for e in history if e["phase"] == "Progressing"]
+    assert progress == sorted(progress) and len(set(progress)) == len(progress)
+
+
+async def test_stale_version_is_rejected(store: RolloutStore) -> None:
+    started = await ops.start(store, "phase2")
+    await ops.advance(store, "phase2", force=True)
+    with pytest.raises(ConflictError, match="changed underneath"):
+        await store.transition(started, pause(started, 1.0), Actor.OPERATOR, "pause")
+    assert (await store.get("phase2")).step == 1
+
+
+async def test_stale_leader_write_is_rejected(store: RolloutStore) -> None:
+    status = await ops.start(store, "phase2")
+    old = Lease(store.client, store.prefix, "old", lease_seconds=0.2)
+    assert await old.hold()
+    stale = old.value
+    await asyncio.sleep(0.3)  # the lease expires; another instance takes it
+    new = Lease(store.client, store.prefix, "new", lease_seconds=5)
+    assert await new.hold()
+    with pytest.raises(NotLeaderError):
+        await store.transition(status, pause(status, 1.0), Actor.CONTROLLER, "x", lease=stale)
+    done = await store.transition(
+        status, pause(status, 1.0), Actor.CONTROLLER, "x", lease=new.value
+    )
+    assert done.version == status.version + 1
+    await new.release()
+
+
+async def test_history_shape(store: RolloutStore) -> None:
+    await ops.start(store, "phase2", identity="alice")
+    await ops.advance(store, "phase2", force=True)
+    await ops.pause(store, "phase2")
+    await ops.resume(store, "phase2")
+    await ops.rollback(store, "phase2", reason="bad vibes")
+    events = await store.history("phase2")
+    assert [e["action"] for e in events] == ["start", "advance", "pause", "resume", "rollback"]
+    assert [e["phase"] for e in events] == [
+        "Progressing", "Progressing", "Paused", "Progressing", "RolledBack",
+    ]  # fmt: skip
+    assert [e["weight"] for e in events] == [10.0, 20.0, 20.0, 20.0, 0.0]
+    for e in events:
+        assert {"at", "phase", "step", "weight", "actor", "reason"} <= set(e)
+        assert e["actor"] == "operator" and e["at"].endswith("Z")
+    assert events[0]["identity"] == "alice"
+    assert events[-1]["reason"] == "bad vibes"
+    assert [e["ts"] for e in events] == sorted(e["ts"] for e in events)
+
+
+async def test_every_transition_publishes_and_bumps_the_epoch(store: RolloutStore) -> None:
+    pubsub = store.client.pubsub()
+    await pubsub.subscribe(store.channel)
+    await pubsub.get_message(timeout=1)  # the subscribe confirmation
+    epoch = await store.epoch()
+    await ops.start(store, "phase2")
+    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+    assert message is not None and message["data"] == b"phase2 1"
+    assert await store.epoch() == epoch + 1
+    await pubsub.aclose()
+
+
+async def test_thresholds_validated_and_held(store: RolloutStore) -> None:
+    before = await store.tunables("phase2")
+    updated = await store.set_thresholds(
+        "phase2", {"success.p95_ms_max": "8", "min_requests": "50"}
+    )
+    assert updated["success"]["p95_ms_max"] == 8.0 and updated["min_requests"] == 50
+    assert (await store.effective("phase2")).spec.min_requests == 50
+    bad = [
+        ({"nope": "1"}, "unknown key 'nope'"),
+        ({"success.p99_ms_max": "1"}, "unknown key 'success.p99_ms_max'"),
+        ({"success.error_rate_max": "2"}, "success.error_rate_max: Input should be less"),
+        ({"min_requests": "many"}, "min_requests: Input should be a valid integer"),
+        ({"rollback.p95_ms_max": "6"}, "must be >= success.p95_ms_max (8)"),
+        ({"failure_limit": "none"}, "cannot be unset"),
+    ]
+    for assignment, message in bad:
+        with pytest.raises(ThresholdError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            await store.set_thresholds("phase2", assignment)
+    assert (await store.tunables("phase2"))["success"]["p95_ms_max"] == 8.0
+    unset = await store.set_thresholds("phase2", {"success.p95_ms_max": "none"})
+    assert unset["success"]["p95_ms_max"] is None
+    assert [e["action"] for e in await store.history("phase2")] == ["thresholds"] * 2
+    # start re-seeds the thresholds from the policy YAML
+    await ops.start(store, "phase2")
+    assert await store.tunables("phase2") == before

@@ -1,0 +1,63 @@
+"""Helpers shared by the rollout integration tests: a policy file and synthetic traffic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lvm_gateway.rollout.windows import WindowRecorder
+
+
+def write_policy(
+    path: Path,
+    prefix: str,
+    stable_url: str = "http://127.0.0.1:9",
+    canary_url: str = "http://127.0.0.1:9",
+    **rollout: Any,
+) -> Path:
+    """A policy with phase1 (stable) and phase2 (canary) on /infer, driven by rollout `phase2`."""
+    doc = {
+        "redis_prefix": prefix,
+        "variants": {
+            "phase1": {"url": stable_url, "timeout_ms": 2000},
+            "phase2": {"url": canary_url, "timeout_ms": 2000},
+        },
+        "routes": [
+            {
+                "path": "/infer",
+                "fallback": False,
+                "policy": {
+                    "canary": {
+                        "stable": "phase1",
+                        "canary": "phase2",
+                        "weight": 0,
+                        "sticky": {"header": "X-User-Id"},
+                    }
+                },
+            }
+        ],
+        "rollouts": {
+            "phase2": {
+                "route": "/infer",
+                "steps": [10, 20, 50, 100],
+                "step_min_seconds": 0.3,
+                "interval_seconds": 0.1,
+                "min_requests": 20,
+                "failure_limit": 2,
+                "success": {"p95_ms_max": 5, "error_rate_max": 0.001},
+                "rollback": {"p95_ms_max": 10, "error_rate_max": 0.01},
+                **rollout,
+            }
+        },
+    }
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def feed(
+    recorder: WindowRecorder, variant: str, n: int, latency_ms: float, errors: int = 0
+) -> None:
+    for i in range(n):
+        recorder.record_request(variant, latency_ms / 1000, i < errors)
