@@ -253,12 +253,15 @@ class _Runner:
             stats.feedback_failed[str(status)] += 1
 
     async def run(self, on_tick: Callable[[TrafficReport], None] | None) -> TrafficReport:
+        """Request i is due at i / rps; exactly round(duration * rps) of them, late ones at once."""
         cfg, report = self.cfg, self.report
+        total = max(1, round(cfg.duration * cfg.rps))
         tasks: set[asyncio.Task[None]] = set()
         start = time.perf_counter()
         next_tick = start + cfg.tick_s
-        while (now := time.perf_counter()) - start < cfg.duration:
-            due = int((now - start) * cfg.rps) + 1 - report.issued - report.dropped
+        while (scheduled := report.issued + report.dropped) < total:
+            now = time.perf_counter()
+            due = min(total, int((now - start) * cfg.rps) + 1) - scheduled
             for _ in range(due):
                 if len(tasks) >= cfg.concurrency:
                     report.dropped += 1
