@@ -245,6 +245,7 @@ class GatewayApp:
             weights=self.dataplane.weights,
             shadow=self.dataplane.shadow,
             open_circuits=self.circuits.open_set(),
+            inflight=self.dispatch.inflight,
             draw=self._random(),
             mirror_draw=self._random(),
         )
@@ -259,9 +260,16 @@ class GatewayApp:
             self.mirror.submit(decision.mirror, target, body, forward, request_id, lane)
         served = decision.variant
         try:
-            resp = await self.dispatch.call(
-                served, target, body, forward, request_id=request_id, lane=lane, served=True
-            )
+            if decision.fanout:
+                self.metrics.masked(served, decision.masked)
+                resp = await self.dispatch.call_mixture(
+                    served, decision.experts, decision.deadline_s, target, body, forward,
+                    request_id=request_id, lane=lane, served=True,
+                )  # fmt: skip
+            else:
+                resp = await self.dispatch.call(
+                    served, target, body, forward, request_id=request_id, lane=lane, served=True
+                )
         except UpstreamError as exc:
             fallback = decision.fallback if route.fallback else None
             if fallback is None:

@@ -1,21 +1,25 @@
-"""One call to one variant, with everything that must happen around it.
+"""One call to a variant, or to a mixture of experts, with everything that must happen around it.
 
-The client's request, its fallback and its mirrored (shadow) copies all go through `call`, so
-each is bounded by the variant's circuit and timeout, inspected as an LVM answer, counted in the
+The client's request, its fallback and its mirrored (shadow) copies all go through here, so each
+is bounded by the variant's circuit and timeout, inspected as an LVM answer, counted in the
 rollout windows and the Prometheus metrics, and recorded for feedback, in the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from typing import Protocol
 
-from lvm_gateway.errors import CircuitOpenError, UpstreamError
+import orjson
+
+from lvm_gateway.errors import CircuitOpenError, UpstreamError, UpstreamTimeoutError
 from lvm_gateway.gateway.circuit import Circuits
+from lvm_gateway.gateway.fusion import fuse
 from lvm_gateway.gateway.metrics import MetricsRecorder
 from lvm_gateway.gateway.records import PredictionRecords
-from lvm_gateway.gateway.signals import inspect_answer
+from lvm_gateway.gateway.signals import Prediction, inspect_answer
 from lvm_gateway.gateway.upstream import UpstreamPool, UpstreamResponse
 
 
@@ -41,9 +45,58 @@ class Dispatcher:
         self.metrics = metrics
         self.windows = windows
         self.records = records
+        self.inflight: dict[str, int] = {}  # read by policies (expert capacity) via RoutingView
 
     def known(self, variant: str) -> bool:
         return variant in self.pool.clients
+
+    def _observe(
+        self,
+        variant: str,
+        lane: str | None,
+        request_id: str,
+        prediction: Prediction | None,
+        served: bool,
+    ) -> None:
+        if prediction is None or lane is None:
+            return
+        if prediction.empty:
+            self.windows.incr(variant, "empty", lane=lane)
+            self.metrics.empty_hit(variant, lane)
+        if self.records.sampled(request_id):
+            self.records.add(request_id, variant, lane, prediction, served)
+
+    async def _answer(
+        self, variant: str, target: str, body: bytes, headers: Mapping[str, str], lane: str | None
+    ) -> tuple[UpstreamResponse, Prediction | None]:
+        """The variant's inspected answer, counted against its circuit and in its windows."""
+        if self.circuits.is_open(variant):
+            exc: UpstreamError = CircuitOpenError(variant, "circuit open after repeated errors")
+            self.metrics.upstream_error(variant, exc.kind)
+            raise exc
+        client = self.pool.clients[variant]
+        self.inflight[variant] = self.inflight.get(variant, 0) + 1
+        t0 = time.perf_counter()
+        try:
+            resp = await client.post(target, body, dict(headers))
+            inspect = lane is not None and resp.status == 200
+            prediction = inspect_answer(resp.body, variant) if inspect else None
+        except UpstreamError as exc:
+            elapsed = time.perf_counter() - t0
+            self.circuits.record(variant, True)
+            self.metrics.upstream_error(variant, exc.kind)
+            self.metrics.upstream(variant, elapsed)
+            if exc.kind == "invalid_prediction":
+                self.windows.incr(variant, "invalid", lane=lane)
+            self.windows.record_request(variant, elapsed, True, lane)
+            raise
+        finally:
+            self.inflight[variant] -= 1
+        elapsed = time.perf_counter() - t0
+        self.circuits.record(variant, False)
+        self.metrics.upstream(variant, elapsed)
+        self.windows.record_request(variant, elapsed, False, lane)
+        return resp, prediction
 
     async def call(
         self,
@@ -61,28 +114,53 @@ class Dispatcher:
         `lane` is None on routes that are not LVM inference routes: then the answer is passed
         through uninspected.
         """
-        if self.circuits.is_open(variant):
-            exc: UpstreamError = CircuitOpenError(variant, "circuit open after repeated errors")
-            self.metrics.upstream_error(variant, exc.kind)
-            raise exc
-        client = self.pool.clients[variant]
-        t0 = time.perf_counter()
-        try:
-            resp = await client.post(target, body, dict(headers))
-            if lane is not None and resp.status == 200:
-                prediction = inspect_answer(resp.body, variant)
-                if prediction.empty:
-                    self.windows.incr(variant, "empty", lane=lane)
-                    self.metrics.empty_hit(variant, lane)
-                if self.records.sampled(request_id):
-                    self.records.add(request_id, variant, lane, prediction, served)
-        except UpstreamError as exc:
-            self.circuits.record(variant, True)
-            self.metrics.upstream_error(variant, exc.kind)
-            if exc.kind == "invalid_prediction":
-                self.windows.incr(variant, "invalid", lane=lane)
-            self.windows.record_request(variant, time.perf_counter() - t0, True, lane)
-            raise
-        self.circuits.record(variant, False)
-        self.windows.record_request(variant, time.perf_counter() - t0, False, lane)
+        resp, prediction = await self._answer(variant, target, body, headers, lane)
+        self._observe(variant, lane, request_id, prediction, served)
         return resp
+
+    async def call_mixture(
+        self,
+        name: str,
+        experts: tuple[tuple[str, float], ...],
+        deadline_s: float,
+        target: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        request_id: str,
+        lane: str | None,
+        served: bool,
+    ) -> UpstreamResponse:
+        """Fan out to the chosen experts at once; fuse the answers that arrive by the deadline.
+
+        An expert that fails or misses the deadline is masked out and the gate weights are
+        renormalised over the others; with no answer at all this is an UpstreamError of `name`.
+        """
+        if not experts:
+            self.metrics.upstream_error(name, "circuit_open")
+            raise CircuitOpenError(name, "every expert is masked (circuits open or at capacity)")
+        t0 = time.perf_counter()
+        calls = [
+            asyncio.wait_for(self._answer(e, target, body, headers, lane or "none"), deadline_s)
+            for e, _ in experts
+        ]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        answered: list[tuple[str, float, Prediction]] = []
+        for (expert, weight), result in zip(experts, results, strict=True):
+            if isinstance(result, BaseException):
+                reason = "deadline" if isinstance(result, TimeoutError) else "error"
+                self.metrics.expert(name, expert, reason)
+                continue
+            _, prediction = result
+            if prediction is not None:
+                answered.append((expert, weight, prediction))
+                self.metrics.expert(name, expert, "answered")
+        elapsed = time.perf_counter() - t0
+        if not answered:
+            self.windows.record_request(name, elapsed, True, lane)
+            self.metrics.upstream_error(name, "no_expert")
+            raise UpstreamTimeoutError(name, f"none of {len(experts)} experts answered in time")
+        doc, fused = fuse(answered)
+        self.windows.record_request(name, elapsed, False, lane)
+        self._observe(name, lane, request_id, fused, served)
+        return UpstreamResponse(200, orjson.dumps(doc), "application/json")

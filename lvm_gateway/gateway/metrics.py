@@ -110,6 +110,26 @@ class MetricsRecorder:
             ["variant", "lane"],
             registry=registry,
         )
+        self.upstream_latency = Histogram(
+            "lvmgw_upstream_duration_seconds",
+            "Time of one call to a variant (or expert), answered or failed.",
+            ["variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.experts = Counter(
+            "lvmgw_expert_calls_total",
+            "Mixture fan-out calls per expert, by outcome (answered, deadline, error).",
+            ["policy", "expert", "outcome"],
+            registry=registry,
+        )
+        self.experts_masked = Counter(
+            "lvmgw_expert_masked_total",
+            "Experts the gate ranked in its top-k but skipped (circuit open or at capacity).",
+            ["policy", "expert"],
+            registry=registry,
+        )
+        self._upstream: dict[str, Histogram] = {}
         self._requests: dict[tuple[str, str, int], Counter] = {}
         self._latency: dict[tuple[str, str], Histogram] = {}
 
@@ -124,6 +144,19 @@ class MetricsRecorder:
         if hist is None:
             hist = self._latency[lkey] = self.latency.labels(route, variant)
         hist.observe(seconds)
+
+    def upstream(self, variant: str, seconds: float) -> None:
+        hist = self._upstream.get(variant)
+        if hist is None:
+            hist = self._upstream[variant] = self.upstream_latency.labels(variant)
+        hist.observe(seconds)
+
+    def expert(self, policy: str, expert: str, outcome: str) -> None:
+        self.experts.labels(policy, expert, outcome).inc()
+
+    def masked(self, policy: str, experts: tuple[str, ...]) -> None:
+        for expert in experts:
+            self.experts_masked.labels(policy, expert).inc()
 
     def upstream_error(self, variant: str, kind: str) -> None:
         self.upstream_errors.labels(variant, kind).inc()

@@ -26,6 +26,7 @@ class Prediction:
     values: list[float]  # the 768 finite numbers of predicted_vector
     neighbor_ids: tuple[str, ...]
     best_score: float | None  # None when the server returned no neighbours
+    neighbors: tuple[tuple[str, float], ...] = ()  # (id, score), as returned
 
     def vector(self) -> np.ndarray:
         return np.asarray(self.values, dtype=np.float32)
@@ -59,15 +60,15 @@ def inspect_answer(body: bytes, variant: str) -> Prediction:
         raise InvalidPredictionError(variant, "predicted_vector holds non-numbers") from exc
     if not math.isfinite(total):
         raise InvalidPredictionError(variant, "predicted_vector holds NaN or Inf")
-    ids: list[str] = []
-    best: float | None = None
-    for n in doc.get("neighbors") or ():
-        if isinstance(n, dict) and isinstance(n.get("id"), str):
-            ids.append(n["id"])
-            score = n.get("score")
-            if isinstance(score, int | float) and (best is None or score > best):
-                best = float(score)
-    return Prediction(vec, tuple(ids), best)
+    pairs = [
+        (n["id"], float(n["score"]))
+        for n in doc.get("neighbors") or ()
+        if isinstance(n, dict)
+        and isinstance(n.get("id"), str)
+        and isinstance(n.get("score"), int | float)
+    ]
+    best = max((s for _, s in pairs), default=None)
+    return Prediction(vec, tuple(i for i, _ in pairs), best, tuple(pairs))
 
 
 def lane_of(headers: dict[str, str], body: bytes) -> str:

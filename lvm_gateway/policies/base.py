@@ -85,6 +85,7 @@ class RoutingView:
     weights: Mapping[str, float] = field(default_factory=dict)  # rollout name -> canary weight
     shadow: Mapping[str, float] = field(default_factory=dict)  # rollout -> % mirrored to canary
     open_circuits: frozenset[str] = frozenset()
+    inflight: Mapping[str, int] = field(default_factory=dict)  # variant -> requests in flight
     draw: float = 0.0  # uniform [0, 1) drawn per request by the caller, for unsticky splits
     mirror_draw: float = 1.0  # an independent draw for mirroring decisions
 
@@ -94,8 +95,11 @@ class Decision:
     variant: str  # the leaf that serves the client
     fallback: str | None = None  # served instead when `variant` fails or its circuit is open
     mirror: str | None = None  # gets a fire-and-forget copy; never delays the client
-    experts: tuple[tuple[str, float], ...] = ()  # fan-out leaves and gate weights (mixtures)
+    fanout: bool = False  # `variant` names a mixture: call `experts` at once and fuse
+    experts: tuple[tuple[str, float], ...] = ()  # the mixture's chosen leaves and gate weights
+    deadline_s: float = 0.0  # how long a fan-out waits for each expert
     rollout: str | None = None  # the rollout whose split made this decision
+    masked: tuple[str, ...] = ()  # experts the gate preferred but had to skip (circuit/capacity)
 
 
 class Policy(Protocol):
@@ -161,7 +165,8 @@ def _load_builtin() -> None:
     # Importing a policy module registers it; the list is the one place that names them.
     import lvm_gateway.policies.canary
     import lvm_gateway.policies.context_length
-    import lvm_gateway.policies.header  # noqa: F401
+    import lvm_gateway.policies.header
+    import lvm_gateway.policies.tmd  # noqa: F401
 
 
 def display_name(policy: Policy) -> str:

@@ -9,7 +9,7 @@ the header are split by the per-request random draw.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pydantic import Field
 
@@ -75,30 +75,14 @@ class Canary:
         key = req.headers.get(self.sticky_header) if self.sticky_header else None
         position = bucket(key, self.salt) if key else view.draw * 100.0
         stable = self.stable.decide(req, view)
-        mirror = (
-            self.mirror if self.mirror and view.mirror_draw * 100.0 < self.mirror_percent else None
-        )
-        if position >= weight:
-            return Decision(
-                stable.variant,
-                stable.fallback,
-                mirror or stable.mirror,
-                stable.experts,
-                self.rollout,
-            )
-        chosen = self.canary.decide(req, view)
-        if chosen.variant in view.open_circuits:
-            # The canary's circuit is open: serve stable, as if the user were outside the canary.
-            return Decision(
-                stable.variant,
-                stable.fallback,
-                mirror or stable.mirror,
-                stable.experts,
-                self.rollout,
-            )
+        mirror = self._mirror(view)
+        chosen = self.canary.decide(req, view) if position < weight else None
+        if chosen is None or chosen.variant in view.open_circuits:
+            # Outside the canary, or the canary's circuit is open: the stable subtree serves.
+            return replace(stable, mirror=mirror or stable.mirror, rollout=self.rollout)
         fallback = stable.variant if stable.variant != chosen.variant else chosen.fallback
-        return Decision(
-            chosen.variant, fallback, mirror or chosen.mirror, chosen.experts, self.rollout
+        return replace(
+            chosen, fallback=fallback, mirror=mirror or chosen.mirror, rollout=self.rollout
         )
 
     def _mirror(self, view: RoutingView) -> str | None:
