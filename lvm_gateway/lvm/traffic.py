@@ -31,7 +31,7 @@ from rich.text import Text
 
 from lvm_gateway.errors import TrafficError
 from lvm_gateway.lvm.predictor import CALIBRATION_CONTEXT
-from lvm_gateway.lvm.world import HIT_THRESHOLDS, N_LANES, World, cosine_hits, id_hits
+from lvm_gateway.lvm.world import DIM, HIT_THRESHOLDS, N_LANES, World, cosine_hits, id_hits
 
 _SESSION_STEPS = 200  # requests before a user's walk is renewed
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -208,6 +208,8 @@ class _Runner:
             answer = orjson.loads(body)
             predicted = np.asarray(answer["predicted_vector"], dtype=np.float32)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            predicted = None
+        if predicted is None or predicted.shape != (DIM,) or not np.isfinite(predicted).all():
             stats.errors["bad answer"] += 1
             return
         stats.ok += 1
