@@ -18,6 +18,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit
 
 from tests.procs import start, stop
 
@@ -67,6 +68,22 @@ class Load:
     requests: int
     errors: int  # socket errors plus non-2xx/3xx responses
     load_before: tuple[float, float, float]
+    # CPU time the target's own processes spent per request: unlike req/s, it barely moves
+    # when other work competes for the cores.
+    cpu_us_per_req: float | None
+
+
+def group_cpu_s(pgid: int) -> float:
+    """User plus system CPU seconds of the live processes in a process group."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited while we looked
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def binary(name: str) -> str:
@@ -77,8 +94,17 @@ def binary(name: str) -> str:
     return found
 
 
-def run_wrk(url: str, script: Path, connections: int, duration_s: float, threads: int = 1) -> Load:
+def run_wrk(
+    url: str,
+    script: Path,
+    connections: int,
+    duration_s: float,
+    pgid: int | None = None,
+    threads: int = 1,
+) -> Load:
+    """One wrk run; `pgid`: the process group serving `url`, whose CPU time is measured."""
     load = os.getloadavg()
+    cpu_before = group_cpu_s(pgid) if pgid else 0.0
     cmd = [
         binary("wrk"),
         f"-t{min(threads, connections)}",
@@ -91,6 +117,7 @@ def run_wrk(url: str, script: Path, connections: int, duration_s: float, threads
         url,
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    cpu_s = group_cpu_s(pgid) - cpu_before if pgid else None
     line = next((ln for ln in out.splitlines() if ln.startswith("WRK_JSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary for {url}:\n{out}")
@@ -105,6 +132,7 @@ def run_wrk(url: str, script: Path, connections: int, duration_s: float, threads
         requests=r["requests"],
         errors=r["socket_errors"] + r["status_errors"],
         load_before=(round(load[0], 2), round(load[1], 2), round(load[2], 2)),
+        cpu_us_per_req=cpu_s * 1e6 / r["requests"] if cpu_s is not None and r["requests"] else None,
     )
 
 
@@ -116,6 +144,7 @@ class Harness:
         self.wrk_script = workdir / "post.lua"
         self.wrk_script.write_text(WRK_SCRIPT.replace("%BODY%", REQUEST_BODY.decode()))
         self._stacks: list[ExitStack] = []
+        self.groups: dict[str, int] = {}  # "host:port" -> process group of the server there
 
     @contextmanager
     def scope(self) -> Iterator[None]:
@@ -135,6 +164,7 @@ class Harness:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise RuntimeError(f"{name} did not start: {exc}\n{tail}") from None
         self._stacks[-1].callback(stop, proc)
+        self.groups[urlsplit(health_url).netloc] = proc.pid  # start() made it a group leader
         return proc
 
     def keep(self, proc: subprocess.Popen[bytes]) -> None:

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 import redis
@@ -180,6 +182,20 @@ def gateway_canary(workers: int) -> Callable[[Bench], str]:
     return lambda bench: bench.gateway(f"gateway-{workers}w", canary_config(bench), workers)
 
 
+def gateway_no_records(bench: Bench) -> str:
+    """Answers still inspected, none kept for feedback: what prediction records cost."""
+    config = canary_config(bench)
+    config["feedback"] = {"sample_rate": 0}
+    return bench.gateway("gateway-1w-no-records", config)
+
+
+def gateway_no_inspect(bench: Bench) -> str:
+    """`inspect: false`: routing, metrics and proxying only, no quality signals."""
+    config = canary_config(bench)
+    config["routes"][0]["inspect"] = False
+    return bench.gateway("gateway-1w-no-inspect", config)
+
+
 TARGETS = (
     Target("direct nginx-200", "direct", direct("nginx"), upstream="nginx"),
     Target("direct lvm-serve stub", "direct", direct("stub"), upstream="stub"),
@@ -187,6 +203,8 @@ TARGETS = (
     Target("nginx (1 worker)", "reference", nginx_proxy(1)),
     Target("gateway 1w", "candidate", gateway_canary(1)),
     Target("gateway 2w", "candidate", gateway_canary(2)),
+    Target("gateway 1w, no records", "candidate", gateway_no_records),
+    Target("gateway 1w, no inspect", "candidate", gateway_no_inspect),
 )
 
 
@@ -198,6 +216,7 @@ class Row:
     target: Target
     url: str
     canary_share: float | None  # share of probe users the target sent to the canary
+    pgid: int | None  # the process group serving `url`
     runs: dict[int, list[Load]] = field(default_factory=dict)  # connections -> one per round
 
     def best(self, connections: int) -> Load | None:
@@ -219,7 +238,7 @@ def probe_split(url: str) -> float | None:
 
 def start_target(bench: Bench, target: Target) -> Row:
     url = target.start(bench) + "/infer"
-    row = Row(target, url, probe_split(url))
+    row = Row(target, url, probe_split(url), bench.harness.groups.get(urlsplit(url).netloc))
     # Fill keep-alive pools, caches and the upstream's connections before measuring.
     run_wrk(url, bench.harness.wrk_script, max(CONNECTIONS), 1)
     return row
@@ -231,8 +250,9 @@ def measure_round(bench: Bench, rows: list[Row], duration_s: float, progress: Co
         for c in CONNECTIONS:
             progress.print(f"  {row.target.name:<24} c={c:<3} load {os.getloadavg()[0]:.2f}",
                            end="")  # fmt: skip
-            load = run_wrk(row.url, bench.harness.wrk_script, c, duration_s)
-            progress.print(f"  -> {load.rps:>9,.0f} req/s  p50 {load.p50_ms:.3f} ms")
+            load = run_wrk(row.url, bench.harness.wrk_script, c, duration_s, row.pgid)
+            progress.print(f"  -> {load.rps:>9,.0f} req/s  p50 {load.p50_ms:.3f} ms  "
+                           f"{load.cpu_us_per_req or 0:.0f} us CPU/req")  # fmt: skip
             row.runs.setdefault(c, []).append(load)
 
 
@@ -269,7 +289,8 @@ def judge(rows: list[Row], baseline: str) -> Verdicts:
 def table(rows: list[Row], verdicts: Verdicts, baseline: str, rounds: int) -> Table:
     hi, lo = max(CONNECTIONS), min(CONNECTIONS)
     t = Table(title=f"lvm-gateway proxy benchmark: best of {rounds} wrk runs per cell")
-    for col in ("target", "conns", "req/s", "p50 ms", "p99 ms", "req/s range", "canary"):
+    cols = ("target", "conns", "req/s", "p50 ms", "p99 ms", "req/s range", "CPU us/req", "canary")
+    for col in cols:
         t.add_column(col, justify="left" if col == "target" else "right")
     t.add_column("errors", justify="right")
     t.add_column(f"vs nginx @{hi}", justify="right")
@@ -297,6 +318,7 @@ def table(rows: list[Row], verdicts: Verdicts, baseline: str, rounds: int) -> Ta
                 f"{ld.p50_ms:.3f}",
                 f"{ld.p99_ms:.3f}",
                 f"{min(rps) / 1000:.1f}k-{max(rps) / 1000:.1f}k",
+                _median_cpu(r.runs[c]),
                 "-" if r.canary_share is None else f"{r.canary_share:.0%}",
                 str(errors),
                 "" if ratio is None else f"{ratio:.1%}",
@@ -308,9 +330,15 @@ def table(rows: list[Row], verdicts: Verdicts, baseline: str, rounds: int) -> Ta
         f"proxies forward to {baseline!r}. Goals for the gateway: req/s >= {MIN_RPS_VS_NGINX:.0%} "
         f"of {verdicts.reference or 'nginx (not run)'} at {hi} connections (1 worker); "
         f"+p50 <= {MAX_P50_ADDED_MS} ms over direct at {lo} connection. canary: share of "
-        f"{SPLIT_PROBES} probe users routed to the canary (weight {CANARY_WEIGHT}%)."
+        f"{SPLIT_PROBES} probe users routed to the canary (weight {CANARY_WEIGHT}%). CPU us/req: "
+        "the target's own processes (not wrk, upstream or Redis), median over runs."
     )
     return t
+
+
+def _median_cpu(loads: list[Load]) -> str:
+    cpu = [ld.cpu_us_per_req for ld in loads if ld.cpu_us_per_req is not None]
+    return f"{statistics.median(cpu):.0f}" if cpu else "-"
 
 
 def _verdict(ok: bool, errors: int) -> str:
