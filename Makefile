@@ -30,7 +30,7 @@ fmt: $(STAMP)
 
 bench: $(STAMP)
 	bash bench/ensure-tools.sh
-	$(BIN)/python -m bench.proxy_bench
+	$(BIN)/python -m bench.proxy_bench $(BENCH_ARGS)
 
 schema: $(STAMP)
 	$(BIN)/lvm-gateway schema > deploy/schema/lvm-gateway.schema.json

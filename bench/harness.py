@@ -217,17 +217,24 @@ http {{
 
 
 @contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit, so exit stacks stop every server as on Ctrl-C."""
+def stop_on_signals() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt and SIGTERM SystemExit, so exit stacks stop every server.
+
+    SIGINT is set explicitly: a shell starts background jobs with it ignored.
+    """
 
     def _exit(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, _exit)
+    previous = (
+        signal.signal(signal.SIGTERM, _exit),
+        signal.signal(signal.SIGINT, signal.default_int_handler),
+    )
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
 
 
 def conditions() -> dict[str, object]:

@@ -31,7 +31,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from bench.harness import REQUEST_BODY, Harness, Load, conditions, run_wrk, stop_on_sigterm
+from bench.harness import REQUEST_BODY, Harness, Load, conditions, run_wrk, stop_on_signals
 from lvm_gateway.redisconn import start_redis_server
 from tests.procs import free_port
 
@@ -371,16 +371,20 @@ def main(argv: list[str] | None = None) -> int:
         f"{rounds} round(s) of {duration:.0f} s runs; proxies forward to {baseline}"
     )
     rows: list[Row] = []
-    with stop_on_sigterm(), tempfile.TemporaryDirectory(prefix="lvmgw-bench-") as tmp:
-        harness = Harness(Path(tmp))
-        with harness.scope():
-            bench = Bench(harness, args.upstream)
-            start_upstreams(bench)
-            # All targets stay up for all rounds, so each round compares them under one load.
-            rows = [start_target(bench, t) for t in targets]
-            for i in range(rounds):
-                console.print(f"[bold]round {i + 1}/{rounds}[/bold]")
-                measure_round(bench, rows, duration, console)
+    try:
+        with stop_on_signals(), tempfile.TemporaryDirectory(prefix="lvmgw-bench-") as tmp:
+            harness = Harness(Path(tmp))
+            with harness.scope():
+                bench = Bench(harness, args.upstream)
+                start_upstreams(bench)
+                # All targets stay up for all rounds: each round compares them under one load.
+                rows = [start_target(bench, t) for t in targets]
+                for i in range(rounds):
+                    console.print(f"[bold]round {i + 1}/{rounds}[/bold]")
+                    measure_round(bench, rows, duration, console)
+    except KeyboardInterrupt:
+        console.print("\ninterrupted; every server the benchmark started is stopped")
+        return 130
     verdicts = judge(rows, baseline)
     console.print(table(rows, verdicts, baseline, rounds))
     save(console, cond, rows, verdicts, baseline, duration)
