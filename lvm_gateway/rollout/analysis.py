@@ -1,9 +1,10 @@
 """Judge a canary's observations against a rollout's thresholds, metric by metric. Pure.
 
 A metric is a named function of the observations plus the count of samples that back it and the
-spec field that says how many samples it needs (`min_requests` for traffic metrics; issue 4's
-feedback metrics use `min_feedback`). Thresholds name metrics (`<metric>_max`/`<metric>_min`),
-so a new signal is one `register_metric` call and one Thresholds field.
+spec field that says how many samples it needs (`min_requests` for traffic metrics,
+`min_feedback` for the ones computed from user feedback). Thresholds name metrics
+(`<metric>_max`/`<metric>_min`), so a new signal is one `register_metric` call and one
+Thresholds field.
 
 Verdicts, per metric:
     pass          within the success bound
@@ -61,8 +62,52 @@ def _canary_requests(obs: Observations) -> int:
     return obs.canary.requests
 
 
+def _canary_feedback(obs: Observations) -> int:
+    return obs.canary.get("feedback")
+
+
+def _share(counter: str, of: str) -> Callable[[Observations, int], float | None]:
+    """counter/of on the canary; padding adds best-case samples (no `counter` for a bad count)."""
+
+    def value(obs: Observations, pad: int) -> float | None:
+        total = obs.canary.get(of) + pad
+        return obs.canary.get(counter) / total if total else None
+
+    return value
+
+
+def _hit5(obs: Observations, pad: int) -> float | None:
+    total = obs.canary.get("feedback") + pad
+    return (obs.canary.get("hit5") + pad) / total if total else None
+
+
+# A lane is compared only once both variants have this much feedback on it.
+LANE_MIN_FEEDBACK = 20
+
+
+def _lane_delta(obs: Observations, pad: int) -> float | None:
+    """The worst relative Hit@5 shortfall of the canary against stable on any one lane."""
+    if pad:
+        return None  # no best case to claim across lanes: thin data stays insufficient
+    worst = None
+    for lane in obs.canary.lanes() & obs.stable.lanes():
+        fb_c, fb_s = obs.canary.get("feedback", lane), obs.stable.get("feedback", lane)
+        if min(fb_c, fb_s) < LANE_MIN_FEEDBACK:
+            continue
+        base = obs.stable.get("hit5", lane) / fb_s
+        if base <= 0:
+            continue
+        delta = (base - obs.canary.get("hit5", lane) / fb_c) / base
+        worst = delta if worst is None else max(worst, delta)
+    return worst
+
+
 register_metric(Metric("error_rate", "", _error_rate, _canary_requests))
 register_metric(Metric("p95_ms", "ms", _p95_ms, _canary_requests))
+register_metric(Metric("empty_rate", "", _share("empty", "n"), _canary_requests))
+register_metric(Metric("invalid_rate", "", _share("invalid", "n"), _canary_requests))
+register_metric(Metric("hit5", "", _hit5, _canary_feedback, guard="min_feedback"))
+register_metric(Metric("lane_delta", "", _lane_delta, _canary_feedback, guard="min_feedback"))
 
 
 def violates(value: float, kind: Bound, limit: float) -> bool:

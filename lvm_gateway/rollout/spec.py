@@ -1,8 +1,13 @@
 """The `rollouts:` section of the policy YAML, parsed strictly.
 
 Thresholds are a set of named bounds, each `<metric>_max` or `<metric>_min`, where `<metric>` is
-a name in `rollout.analysis.METRICS`. A new signal (issue 4: hit5, empty_rate, lane_delta,
-invalid_rate) is one more field here plus one more registered metric; nothing else changes.
+a name in `rollout.analysis.METRICS`. A new signal is one more field here plus one more
+registered metric; nothing else changes.
+
+The quality bounds (hit5, empty_rate, lane_delta, invalid_rate) are opt-in: they need user
+feedback to flow, and a rollout without feedback would otherwise hold forever. The seed's values:
+success {hit5_min: 0.60, empty_rate_max: 0.10, lane_delta_max: 0.15, invalid_rate_max: 0},
+rollback {hit5_min: 0.55, empty_rate_max: 0.20, lane_delta_max: 0.20, invalid_rate_max: 0.01}.
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ class Thresholds(StrictModel):
 
     p95_ms_max: float | None = Field(default=None, gt=0)
     error_rate_max: float | None = Field(default=None, ge=0, le=1)
+    hit5_min: float | None = Field(default=None, ge=0, le=1)  # Hit@5 proxy from feedback
+    empty_rate_max: float | None = Field(default=None, ge=0, le=1)  # best neighbour < 0.4
+    lane_delta_max: float | None = Field(default=None, ge=0, le=1)  # worst lane vs stable
+    invalid_rate_max: float | None = Field(default=None, ge=0, le=1)  # NaN/Inf, wrong dim
 
     def bounds(self) -> Iterator[tuple[str, Bound, float]]:
         """(metric, "max"|"min", limit) for every bound that is set."""
@@ -37,6 +46,7 @@ TUNABLE_KEYS = (
     "step_min_seconds",
     "interval_seconds",
     "min_requests",
+    "min_feedback",
     "failure_limit",
     "max_hold_seconds",
     "shadow_percent",
@@ -49,6 +59,7 @@ class RolloutSpec(StrictModel):
     step_min_seconds: float = Field(default=30, ge=0)
     interval_seconds: float = Field(default=5, gt=0)
     min_requests: int = Field(default=200, ge=0)
+    min_feedback: int = Field(default=100, ge=0)  # per step, before any quality verdict
     failure_limit: int = Field(default=2, ge=1)
     max_hold_seconds: float = Field(default=600, gt=0)
     shadow_percent: float = Field(default=100, ge=0, le=100)  # mirrored share in a shadow step

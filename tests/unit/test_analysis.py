@@ -81,37 +81,64 @@ def test_unset_bounds_are_not_judged() -> None:
     assert set(verdicts(Observations(canary=window(500)), s)) == {"p95_ms"}
 
 
-def test_min_bound_metric_plugs_in(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A new metric needs a registered function and a threshold field, nothing else."""
-    from lvm_gateway.rollout import analysis
+QUALITY = {
+    "min_feedback": 100,
+    "success": {"hit5_min": 0.60, "empty_rate_max": 0.10, "lane_delta_max": 0.15,
+                "invalid_rate_max": 0.0},
+    "rollback": {"hit5_min": 0.55, "empty_rate_max": 0.20, "lane_delta_max": 0.20,
+                 "invalid_rate_max": 0.01},
+}  # fmt: skip
 
-    monkeypatch.setitem(
-        analysis.METRICS,
-        "hit5",
-        analysis.Metric(
-            "hit5",
-            "",
-            lambda o, pad: (
-                (o.canary.get("hit5") + pad) / (o.canary.get("fb") + pad)
-                if o.canary.get("fb") + pad
-                else None
-            ),
-            lambda o: o.canary.get("fb"),
-        ),
+
+def quality(feedback: int, hit5: int, empty: int = 0, invalid: int = 0) -> VariantWindow:
+    return VariantWindow({"n": 1000, "feedback": feedback, "hit5": hit5, "empty": empty,
+                          "invalid": invalid})  # fmt: skip
+
+
+def test_quality_metrics_judge_feedback() -> None:
+    s = spec(**QUALITY)
+    good = verdicts(Observations(canary=quality(200, 130, empty=50)), s)
+    assert good == {
+        "hit5": Verdict.PASS,
+        "empty_rate": Verdict.PASS,
+        "lane_delta": Verdict.INSUFFICIENT,  # no lane has feedback on both sides
+        "invalid_rate": Verdict.PASS,
+    }
+    assert verdicts(Observations(canary=quality(200, 115)), s)["hit5"] == Verdict.FAIL
+    assert verdicts(Observations(canary=quality(200, 100)), s)["hit5"] == Verdict.BREACH
+    assert verdicts(Observations(canary=quality(50, 45)), s)["hit5"] == Verdict.INSUFFICIENT
+    # 5 hits in 50 may still end at 55/100, no breach yet; from 4 in 50 it is certain.
+    assert verdicts(Observations(canary=quality(50, 5)), s)["hit5"] == Verdict.INSUFFICIENT
+    assert verdicts(Observations(canary=quality(50, 4)), s)["hit5"] == Verdict.BREACH
+    assert verdicts(Observations(canary=quality(200, 130, empty=250)), s)["empty_rate"] == (
+        Verdict.BREACH
     )
+    v = verdicts(Observations(canary=quality(200, 130, invalid=5)), s)
+    assert v["invalid_rate"] == Verdict.FAIL
+    v = verdicts(Observations(canary=quality(200, 130, invalid=50)), s)
+    assert v["invalid_rate"] == Verdict.BREACH
 
-    class Quality(Thresholds):
-        hit5_min: float | None = None
 
-    s = spec().model_copy(
-        update={"success": Quality(hit5_min=0.6), "rollback": Quality(hit5_min=0.55)}
-    )
-    good = VariantWindow({"n": 500, "fb": 200, "hit5": 130})
-    bad = VariantWindow({"n": 500, "fb": 200, "hit5": 100})
-    meh = VariantWindow({"n": 500, "fb": 200, "hit5": 115})
-    assert verdicts(Observations(canary=good), s) == {"hit5": Verdict.PASS}
-    assert verdicts(Observations(canary=bad), s) == {"hit5": Verdict.BREACH}
-    assert verdicts(Observations(canary=meh), s) == {"hit5": Verdict.FAIL}
+def test_lane_delta_compares_each_lane_with_stable() -> None:
+    s = spec(**QUALITY)
+
+    def lanes(hits: dict[str, int]) -> VariantWindow:
+        counts = {"n": 1000, "feedback": 400, "hit5": sum(hits.values())}
+        for lane, h in hits.items():
+            counts[f"feedback@{lane}"] = 100
+            counts[f"hit5@{lane}"] = h
+        return VariantWindow(counts)
+
+    stable = lanes({"lane_0": 60, "lane_1": 60, "lane_2": 60, "lane_3": 60})
+    # Overall Hit@5 looks fine (0.6375) but lane_3 is 40% below stable there.
+    canary = lanes({"lane_0": 70, "lane_1": 70, "lane_2": 79, "lane_3": 36})
+    a = analyse(Observations(canary=canary, stable=stable), s)
+    result = {r.metric: r for r in a.results}
+    assert result["hit5"].verdict == Verdict.PASS
+    assert result["lane_delta"].verdict == Verdict.BREACH
+    assert result["lane_delta"].value == pytest.approx(0.4)
+    even = analyse(Observations(canary=stable, stable=stable), s)
+    assert {r.metric: r.verdict for r in even.results}["lane_delta"] == Verdict.PASS
 
 
 def test_quantile_from_histogram_interpolates_and_merges() -> None:
