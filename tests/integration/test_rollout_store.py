@@ -21,7 +21,7 @@ from lvm_gateway.rollout import ops
 from lvm_gateway.rollout.lease import Lease
 from lvm_gateway.rollout.model import Actor, Phase
 from lvm_gateway.rollout.store import RolloutStore, open_client
-from lvm_gateway.rollout.transitions import pause
+from lvm_gateway.rollout.transitions import advance, pause
 from tests.rolloutkit import write_policy
 
 pytestmark = pytest.mark.integration
@@ -49,31 +49,48 @@ async def test_unregistered_rollout_is_unknown(store: RolloutStore) -> None:
     )  # fmt: skip
 
 
-async def test_concurrent_advances_exactly_one_wins(store: RolloutStore, redis_url: str) -> None:
+async def test_two_advances_from_one_version_exactly_one_wins(
+    store: RolloutStore, redis_url: str
+) -> None:
     await ops.start(store, "phase2")
-    for _ in range(3):
-        # Separate clients, as separate rolloutctl processes would be.
-        clients = [open_client(redis_url) for _ in range(4)]
-        stores = [RolloutStore(c, store.prefix) for c in clients]
-        before = await store.get("phase2")
-        results = await asyncio.gather(
-            *(ops.advance(s, "phase2", force=True) for s in stores), return_exceptions=True
-        )
-        for c in clients:
-            await c.aclose()
-        wins = [r for r in results if not isinstance(r, BaseException)]
-        losses = [r for r in results if isinstance(r, BaseException)]
-        after = await store.get("phase2")
-        # All four read the same version before any wrote: one wins, three lose the CAS.
-        assert len(wins) == 1, results
-        assert all(isinstance(e, ConflictError) for e in losses)
-        assert wins[0].step == before.step + 1
-        assert (after.step, after.version) == (before.step + 1, before.version + 1)
+    clients = [open_client(redis_url) for _ in range(4)]
+    stores = [RolloutStore(c, store.prefix) for c in clients]
+    spec = (await store.registered("phase2")).spec
+    seen = [await s.get("phase2") for s in stores]  # all read version 1
+    results = await asyncio.gather(
+        *(
+            s.transition(old, advance(old, spec, 1.0), Actor.OPERATOR, "advance")
+            for s, old in zip(stores, seen, strict=True)
+        ),
+        return_exceptions=True,
+    )
+    for c in clients:
+        await c.aclose()
+    wins = [r for r in results if not isinstance(r, BaseException)]
+    assert len(wins) == 1, results
+    assert all(isinstance(r, ConflictError) for r in results if r is not wins[0])
+    after = await store.get("phase2")
+    assert (after.step, after.version) == (1, 2)
+
+
+async def test_concurrent_advance_verbs_never_skip_a_step(
+    store: RolloutStore, redis_url: str
+) -> None:
+    await ops.start(store, "phase2")
+    clients = [open_client(redis_url) for _ in range(4)]
+    results = await asyncio.gather(
+        *(ops.advance(RolloutStore(c, store.prefix), "phase2", force=True) for c in clients),
+        return_exceptions=True,
+    )
+    for c in clients:
+        await c.aclose()
+    wins = [r for r in results if not isinstance(r, BaseException)]
+    assert wins and all(isinstance(r, ConflictError) for r in results if r not in wins)
+    # Whatever overlapped, each win moved exactly one step from the version it read.
+    assert sorted(w.step for w in wins) == list(range(1, len(wins) + 1))
     history = await store.history("phase2")
-    versions = [e["version"] for e in history]
-    assert versions == list(range(1, len(history) + 1))
-    progress = [e["step"] for e in history if e["phase"] == "Progressing"]
-    assert progress == sorted(progress) and len(set(progress)) == len(progress)
+    assert [e["version"] for e in history] == list(range(1, len(wins) + 2))
+    assert [e["step"] for e in history] == list(range(len(wins) + 1))
 
 
 async def test_stale_version_is_rejected(store: RolloutStore) -> None:
