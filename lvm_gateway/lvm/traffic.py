@@ -47,6 +47,8 @@ class TrafficConfig:
     context: int = CALIBRATION_CONTEXT
     feedback_rate: float = 0.0
     feedback_mode: Literal["vector", "id"] = "vector"
+    # Users click a while after the answer; the gateway records predictions in the background.
+    feedback_delay_s: float = 0.25
     lane: int | None = None
     seed: int = 0
     world_seed: int = 0  # must match the servers' `lvm-serve --seed`
@@ -62,6 +64,7 @@ class TrafficConfig:
             (self.context >= 1, f"context must be >= 1, got {self.context}"),
             (0.0 <= self.feedback_rate <= 1.0, "feedback rate must be in [0, 1]"),
             (self.feedback_mode in ("vector", "id"), "feedback mode must be vector or id"),
+            (self.feedback_delay_s >= 0, "feedback delay must be >= 0"),
             (self.lane is None or 0 <= self.lane < N_LANES, f"lane must be in 0..{N_LANES - 1}"),
             (self.concurrency >= 1, "concurrency must be >= 1"),
             (self.timeout_s > 0, "timeout must be > 0"),
@@ -238,6 +241,7 @@ class _Runner:
             body = b'{"request_id":' + rid + b',"clicked_id":' + orjson.dumps(self.world.ids[truth])
         else:
             body = b'{"request_id":' + rid + b',"clicked_vector":' + self.encoder.vector(truth)
+        await asyncio.sleep(self.cfg.feedback_delay_s)
         try:
             async with self.session.post(
                 self.base + "/v1/feedback",
@@ -360,6 +364,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=CALIBRATION_CONTEXT, help="vectors per request")
     p.add_argument("--feedback-rate", type=float, default=0.0, help="share of answers rated")
     p.add_argument("--feedback-mode", choices=["vector", "id"], default="vector")
+    p.add_argument("--feedback-delay", type=float, default=0.25, help="seconds before a click")
     p.add_argument("--lane", type=int, help="only this TMD lane (default: all 16)")
     p.add_argument("--seed", type=int, default=0, help="users, walks and feedback draws")
     p.add_argument("--world-seed", type=int, default=0, help="as the servers' lvm-serve --seed")
@@ -381,6 +386,7 @@ def main(argv: list[str] | None = None) -> None:
             context=args.context,
             feedback_rate=args.feedback_rate,
             feedback_mode=args.feedback_mode,
+            feedback_delay_s=args.feedback_delay,
             lane=args.lane,
             seed=args.seed,
             world_seed=args.world_seed,

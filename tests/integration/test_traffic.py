@@ -75,6 +75,7 @@ def test_a_gateway_that_is_down_is_a_clear_error():
         ({"users": 0}, "users must be >= 1"),
         ({"context": 0}, "context must be >= 1"),
         ({"feedback_rate": 1.5}, "feedback rate"),
+        ({"feedback_delay_s": -1}, "feedback delay"),
         ({"lane": 16}, "lane must be in 0..15"),
         ({"gateway": "localhost:8080"}, "http(s) URL"),
         ({"path": "infer"}, "path must start with '/'"),
