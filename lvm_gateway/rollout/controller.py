@@ -17,7 +17,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from lvm_gateway.errors import ConflictError, NotLeaderError, RolloutError, UnknownRolloutError
+from lvm_gateway.errors import ConflictError, NotLeaderError, RolloutError
 from lvm_gateway.rollout.lease import Lease
 from lvm_gateway.rollout.model import Actor, Phase, RolloutStatus
 from lvm_gateway.rollout.observations import Observations
@@ -79,6 +79,30 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
+async def _reconcile_due(
+    store: RolloutStore,
+    lease: Lease,
+    due: dict[str, float],
+    identity: str,
+    clock: Callable[[], float],
+) -> None:
+    """Reconcile every rollout whose interval has come round; Redis and lease errors propagate."""
+    for name in await store.names():
+        if clock() < due.get(name, 0.0):
+            continue
+        try:
+            _, _, reg = await reconcile_rollout(store, name, identity, lease.value, clock())
+            due[name] = clock() + reg.spec.interval_seconds
+        except ConflictError as exc:
+            log.info("rollout %s: %s; re-reading next tick", name, exc)
+        except (NotLeaderError, RedisError, OSError):
+            raise
+        except Exception:
+            # One broken rollout (or one deleted from the YAML) must not stop the others.
+            log.exception("rollout %s: reconcile failed", name)
+            due[name] = clock() + 5.0
+
+
 async def run_controller(
     redis_url: str,
     prefix: str,
@@ -93,31 +117,22 @@ async def run_controller(
     store = RolloutStore(client, prefix)
     lease = Lease(client, prefix, identity, lease_seconds)
     due: dict[str, float] = {}
+    leading = False
     try:
         while not stop.is_set():
             try:
-                if await lease.hold():
-                    for name in await store.names():
-                        if clock() < due.get(name, 0.0):
-                            continue
-                        try:
-                            _, _, reg = await reconcile_rollout(
-                                store, name, identity, lease.value, clock()
-                            )
-                            due[name] = clock() + reg.spec.interval_seconds
-                        except ConflictError as exc:
-                            log.info("rollout %s: %s; re-reading next tick", name, exc)
-                        except UnknownRolloutError:
-                            due[name] = clock() + 5.0
+                if await lease.hold() != leading:
+                    leading = not leading
+                    log.info("controller %s: %s", identity, "leading" if leading else "standing by")
+                if leading:
+                    await _reconcile_due(store, lease, due, identity, clock)
                 else:
                     due.clear()
             except NotLeaderError:
                 lease.lost()
-                due.clear()
             except (RedisError, OSError) as exc:
                 log.warning("controller %s: Redis error: %s", identity, exc)
                 lease.lost()
-                due.clear()
             await _wait(stop, tick_seconds)
     finally:
         with contextlib.suppress(RedisError, OSError):

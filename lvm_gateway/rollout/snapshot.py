@@ -94,6 +94,11 @@ class RolloutSnapshot:
                 self.connected = False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
+            except Exception:
+                # A malformed record must not freeze the weights for good: log, retry.
+                log.exception("rollout snapshot failed to read rollouts; retrying")
+                self.connected = False
+                await asyncio.sleep(_MAX_BACKOFF_S)
             finally:
                 await _quietly_close(pubsub, client)
 
