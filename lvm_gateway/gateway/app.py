@@ -27,7 +27,7 @@ from lvm_gateway.gateway.circuit import Circuits
 from lvm_gateway.gateway.config import Config, Route, load_config
 from lvm_gateway.gateway.dispatch import Dispatcher, RecorderLike
 from lvm_gateway.gateway.feedback import parse_feedback, score
-from lvm_gateway.gateway.metrics import MetricsRecorder
+from lvm_gateway.gateway.metrics import MetricsRecorder, RolloutCollector
 from lvm_gateway.gateway.mirror import Mirror
 from lvm_gateway.gateway.records import PredictionRecords
 from lvm_gateway.gateway.reload import ConfigWatcher
@@ -85,6 +85,10 @@ class GatewayApp:
         self.redis: aioredis.Redis | None = None
         self.registry = registry or CollectorRegistry()
         self.metrics = MetricsRecorder(self.registry)
+        self.rollout_collector = RolloutCollector(
+            lambda: self.dataplane.weights, lambda: self.dataplane.connected
+        )
+        self.registry.register(self.rollout_collector)
         self.pool = UpstreamPool()
         self.circuits = Circuits({}, self.metrics.circuit)
         fb = config.spec.feedback
@@ -365,6 +369,7 @@ class GatewayApp:
             return self.registry
         merged = CollectorRegistry()
         MultiProcessCollector(merged)
+        merged.register(self.rollout_collector)
         return merged
 
     def _readyz(self) -> tuple[int, bytes, bytes]:

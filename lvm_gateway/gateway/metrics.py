@@ -7,7 +7,11 @@ methods on every request.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 # `_created` series double the exposition size and no dashboard here uses them.
 disable_created_metrics()
@@ -18,6 +22,31 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 CIRCUIT_STATES = {"closed": 0, "open": 1, "half_open": 2}
+
+
+class RolloutCollector(Collector):
+    """Read at scrape time: the weights this process routes by and whether Redis is reachable."""
+
+    def __init__(
+        self, weights: Callable[[], Mapping[str, float]], connected: Callable[[], bool]
+    ) -> None:
+        self.weights = weights
+        self.connected = connected
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "lvmgw_rollout_canary_weight_ratio",
+            "Share of users routed to each rollout's canary by this process (0-1).",
+            labels=["rollout"],
+        )
+        for name, weight in sorted(self.weights().items()):
+            family.add_metric([name], weight / 100.0)
+        yield family
+        yield GaugeMetricFamily(
+            "lvmgw_redis_connected",
+            "1 while this process reaches Redis; 0 means it serves with the last known weights.",
+            value=1.0 if self.connected() else 0.0,
+        )
 
 
 class MetricsRecorder:
