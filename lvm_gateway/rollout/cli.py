@@ -53,7 +53,19 @@ def _fmt(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:.4g}{unit}"
 
 
-def status_table(doc: dict[str, Any]) -> Group:
+def lanes_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(show_edge=False, pad_edge=False, title="per lane (canary vs stable)")
+    for col in ("lane", "requests", "errors", "feedback", "hit5", "stable hit5", "delta"):
+        table.add_column(col, justify="left" if col == "lane" else "right")
+    for r in rows:
+        table.add_row(
+            r["lane"], str(r["requests"]), str(r["errors"]), str(r["feedback"]),
+            _fmt(r["hit5"]), _fmt(r["stable_hit5"]), _fmt(r["delta"]),
+        )  # fmt: skip
+    return table
+
+
+def status_table(doc: dict[str, Any], lanes: bool = False) -> Group:
     phase = doc["phase"]
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
@@ -87,6 +99,8 @@ def status_table(doc: dict[str, Any]) -> Group:
                 f"[{_VERDICT_STYLE[m['verdict']]}]{m['verdict']}[/]",
             )
         parts.append(metrics)
+    if lanes and doc["lanes"]:
+        parts.append(lanes_table(doc["lanes"]))
     return Group(*parts, "")
 
 
@@ -109,13 +123,15 @@ async def cmd_status(store: RolloutStore, args: argparse.Namespace) -> int:
         return 0
     if not args.watch:
         docs = await _describe_all(store, args.name)
-        out.print(Group(*(status_table(d) for d in docs)) if docs else "no rollouts registered")
+        tables = [status_table(d, args.lanes) for d in docs]
+        out.print(Group(*tables) if docs else "no rollouts registered")
         return 0
     with Live(console=out, refresh_per_second=4) as live:
         while True:
             docs = await _describe_all(store, args.name)
             stamp = time.strftime("%H:%M:%S")
-            live.update(Group(f"[dim]{stamp}  (Ctrl-C to stop)[/]", *map(status_table, docs)))
+            tables = [status_table(d, args.lanes) for d in docs]
+            live.update(Group(f"[dim]{stamp}  (Ctrl-C to stop)[/]", *tables))
             await asyncio.sleep(0.5)
 
 
@@ -203,6 +219,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("name", nargs="?")
     s.add_argument("--json", action="store_true")
     s.add_argument("--watch", action="store_true", help="refresh live until Ctrl-C")
+    s.add_argument("--lanes", action="store_true", help="per-lane traffic and Hit@5 vs stable")
     sub.add_parser("start", help="start, or retry a RolledBack rollout").add_argument("name")
     a = sub.add_parser("advance", help="move to the next step now")
     a.add_argument("name")

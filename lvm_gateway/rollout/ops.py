@@ -14,6 +14,7 @@ from lvm_gateway.rollout import transitions
 from lvm_gateway.rollout.analysis import Analysis, analyse
 from lvm_gateway.rollout.controller import observe
 from lvm_gateway.rollout.model import Actor, Phase, RolloutStatus
+from lvm_gateway.rollout.observations import Observations
 from lvm_gateway.rollout.reconcile import reconcile
 from lvm_gateway.rollout.store import RolloutStore
 
@@ -79,6 +80,32 @@ _WAITING = {
 }
 
 
+def _rate(hits: int, feedback: int) -> float | None:
+    return hits / feedback if feedback else None
+
+
+def lane_rows(observations: Observations) -> list[dict[str, Any]]:
+    """Per lane: canary traffic and Hit@5 proxy beside the stable variant's on the same lane."""
+    canary, stable = observations.canary, observations.stable
+    rows = []
+    for lane in sorted(canary.lanes() | stable.lanes()):
+        c_hit = _rate(canary.get("hit5", lane), canary.get("feedback", lane))
+        s_hit = _rate(stable.get("hit5", lane), stable.get("feedback", lane))
+        rows.append(
+            {
+                "lane": lane,
+                "requests": canary.get("n", lane),
+                "errors": canary.get("err", lane),
+                "feedback": canary.get("feedback", lane),
+                "hit5": c_hit,
+                "stable_feedback": stable.get("feedback", lane),
+                "stable_hit5": s_hit,
+                "delta": (s_hit - c_hit) / s_hit if c_hit is not None and s_hit else None,
+            }
+        )
+    return rows
+
+
 async def describe(store: RolloutStore, name: str) -> dict[str, Any]:
     """The status plus what `status` shows: steps, thresholds, metrics, the expected decision."""
     now = time.time()
@@ -93,9 +120,11 @@ async def describe(store: RolloutStore, name: str) -> dict[str, Any]:
     )
     doc["thresholds"] = reg.spec.tunables()
     doc["metrics"] = []
+    doc["lanes"] = []
     doc["next"] = _WAITING.get(status.phase, "")
     if status.phase in transitions.ACTIVE:
         observations = await observe(store.client, store.prefix, status, now)
+        doc["lanes"] = lane_rows(observations)
         probe = status.evolve(phase=Phase.PROGRESSING)
         _, actions = reconcile(probe, observations, reg.spec, now)
         action = actions[0]

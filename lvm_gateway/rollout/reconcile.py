@@ -63,11 +63,13 @@ def reconcile(
     elapsed = now - (status.step_started_at if status.step_started_at is not None else now)
     timed_out = elapsed >= spec.max_hold_seconds
     if analysis.insufficient:
-        thin = [f"requests {analysis.requests}/{analysis.min_requests}"] + [
-            r.describe() for r in analysis.results if r.verdict == Verdict.INSUFFICIENT
+        guard = (analysis.requests, analysis.min_requests)
+        thin = [f"requests {guard[0]}/{guard[1]}"] if guard[0] < guard[1] else []
+        thin += [  # metrics short of their own guard (feedback), not the request count again
+            r.describe()
+            for r in analysis.results
+            if r.verdict == Verdict.INSUFFICIENT and (r.samples, r.needed) != guard
         ]
-        if analysis.requests >= analysis.min_requests:
-            thin = thin[1:]
         detail = "; ".join(dict.fromkeys(thin))
         if timed_out:
             reason = f"insufficient traffic after {elapsed:.0f}s: {detail}"

@@ -175,3 +175,38 @@ async def test_thresholds_validated_and_held(store: RolloutStore) -> None:
     # start re-seeds the thresholds from the policy YAML
     await ops.start(store, "phase2")
     assert await store.tunables("phase2") == before
+
+
+async def test_describe_shows_metrics_lanes_and_the_expected_decision(
+    store: RolloutStore,
+) -> None:
+    from rich.console import Console
+
+    from lvm_gateway.rollout.cli import status_table
+    from lvm_gateway.rollout.windows import WindowRecorder
+
+    await ops.start(store, "phase2")
+    await store.set_thresholds("phase2", {"step_min_seconds": "600"})
+    rec = WindowRecorder(store.prefix)
+    for i in range(30):
+        rec.record_request("phase2", 0.002, False, lane="lane_3")
+        rec.record_request("phase1", 0.002, False, lane="lane_3")
+        rec.incr("phase2", "feedback", lane="lane_3")
+        rec.incr("phase1", "feedback", lane="lane_3")
+        rec.incr("phase1", "hit5", lane="lane_3")
+        if i % 2:
+            rec.incr("phase2", "hit5", lane="lane_3")
+    await rec.flush(store.client)
+    doc = await ops.describe(store, "phase2")
+    assert doc["requests"] == 30
+    assert {m["metric"]: m["verdict"] for m in doc["metrics"]} == {
+        "p95_ms": "pass", "error_rate": "pass",
+    }  # fmt: skip
+    assert doc["next"].startswith("hold: criteria met; next step in")
+    (lane,) = doc["lanes"]
+    assert lane["lane"] == "lane_3" and lane["hit5"] == 0.5 and lane["stable_hit5"] == 1.0
+    assert lane["delta"] == 0.5
+    console = Console(record=True, width=120)
+    console.print(status_table(doc, lanes=True))
+    text = console.export_text()
+    assert "Progressing" in text and "lane_3" in text and "criteria met" in text
