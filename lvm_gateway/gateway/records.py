@@ -1,10 +1,10 @@
 """Prediction records: what feedback needs to score an answer later, kept in Redis with a TTL.
 
 One Redis hash per sampled request id: the lane, the variant the user saw, and per answering
-variant (the served one and any shadow) the predicted vector as int8 with a float32 scale
-(772 bytes instead of 3 KB of float32; cosine error below 1e-3) and the neighbour ids. The hot
-path only appends to a local buffer; `flush` writes it in one pipeline, and `fetch` also looks
-in the buffer, so feedback that beats the flush to this replica is still found.
+variant (the served one and any shadow) one blob: the predicted vector as int8 with a float32
+scale (774 bytes instead of 3 KB of float32; cosine error below 1e-3), then the neighbour ids.
+The hot path only appends to a local buffer; `flush` writes it in one pipeline, and `fetch`
+also looks in the buffer, so feedback that beats the flush to this replica is still found.
 """
 
 from __future__ import annotations
@@ -22,21 +22,28 @@ _SEP = "\x1f"
 MAX_PENDING = 50_000  # records kept while Redis is unreachable; older ones are dropped
 
 
-def pack_vector(vec: np.ndarray) -> bytes:
-    peak = float(np.abs(vec).max())
-    scale = peak / 127.0 if peak > 0 else 1.0
-    return struct.pack("<f", scale) + np.round(vec / scale).astype(np.int8).tobytes()
-
-
-def unpack_vector(blob: bytes) -> np.ndarray:
-    (scale,) = struct.unpack_from("<f", blob)
-    return np.frombuffer(blob, dtype=np.int8, offset=4).astype(np.float32) * scale
-
-
 @dataclass(frozen=True, slots=True)
 class Answer:
     vector: np.ndarray
     neighbor_ids: tuple[str, ...]
+
+
+_HEAD = struct.Struct("<fH")  # int8 scale, vector length
+
+
+def pack_answer(values: np.ndarray, neighbor_ids: tuple[str, ...]) -> bytes:
+    peak = float(np.abs(values).max()) if values.size else 0.0
+    scale = peak / 127.0 if peak > 0 else 1.0
+    quantized = np.round(values / scale).astype(np.int8).tobytes()
+    return _HEAD.pack(scale, values.size) + quantized + _SEP.join(neighbor_ids).encode()
+
+
+def unpack_answer(blob: bytes) -> Answer:
+    scale, n = _HEAD.unpack_from(blob)
+    start = _HEAD.size
+    vector = np.frombuffer(blob, dtype=np.int8, count=n, offset=start).astype(np.float32) * scale
+    ids = blob[start + n :].decode()
+    return Answer(vector, tuple(ids.split(_SEP)) if ids else ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +81,7 @@ class PredictionRecords:
             fields = self._pending[request_id] = {"lane": lane}
         if served:
             fields["served"] = variant
-        fields[f"v:{variant}"] = pack_vector(pred.vector())
-        fields[f"n:{variant}"] = _SEP.join(pred.neighbor_ids)
+        fields[f"a:{variant}"] = pack_answer(pred.vector(), pred.neighbor_ids)
 
     async def flush(self, client: aioredis.Redis) -> int:
         """Write the buffer in one pipeline; on failure the records stay for the next try."""
@@ -100,18 +106,13 @@ class PredictionRecords:
         stored = await client.hgetall(self.key(request_id))
         fields: dict[str, bytes | str] = {k.decode(): v for k, v in stored.items()}
         fields.update(self._pending.get(request_id, {}))
-        if "served" not in fields and not any(k.startswith("v:") for k in fields):
+        answers = {
+            name[2:]: unpack_answer(blob if isinstance(blob, bytes) else blob.encode())
+            for name, blob in fields.items()
+            if name.startswith("a:")
+        }
+        if not answers:
             return None
-        answers = {}
-        for name, value in fields.items():
-            if name.startswith("v:"):
-                variant = name[2:]
-                ids = fields.get(f"n:{variant}", b"")
-                text = ids.decode() if isinstance(ids, bytes) else ids
-                answers[variant] = Answer(
-                    unpack_vector(value if isinstance(value, bytes) else value.encode()),
-                    tuple(text.split(_SEP)) if text else (),
-                )
         served = fields.get("served", "")
         lane = fields.get("lane", "none")
         return Record(

@@ -14,8 +14,8 @@ from lvm_gateway.gateway.records import (
     Answer,
     PredictionRecords,
     Record,
-    pack_vector,
-    unpack_vector,
+    pack_answer,
+    unpack_answer,
 )
 from lvm_gateway.gateway.signals import inspect_answer, lane_of
 
@@ -72,13 +72,16 @@ def test_lane_from_header_then_body() -> None:
     assert lane_of({"x-tmd-lane": "x"}, b"") == "none"
 
 
-def test_int8_packing_keeps_the_cosine() -> None:
+def test_int8_packing_keeps_the_cosine_and_the_ids() -> None:
     for seed in range(20):
         v = unit(seed)
-        blob = pack_vector(v)
-        assert len(blob) == 4 + DIM
-        back = unpack_vector(blob)
-        assert float(back.dot(v) / np.linalg.norm(back)) > 0.999
+        ids = tuple(f"c{seed}{i:04d}" for i in range(10))
+        blob = pack_answer(v, ids)
+        assert len(blob) == 6 + DIM + len("\x1f".join(ids))
+        back = unpack_answer(blob)
+        assert float(back.vector.dot(v) / np.linalg.norm(back.vector)) > 0.999
+        assert back.neighbor_ids == ids
+    assert unpack_answer(pack_answer(unit(0), ())).neighbor_ids == ()
 
 
 def test_sampling_is_by_request_id() -> None:
