@@ -59,7 +59,10 @@ class TrafficConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.rps > 0 and math.isfinite(self.rps), f"rps must be > 0, got {self.rps}"),
-            (self.duration > 0, f"duration must be > 0 seconds, got {self.duration}"),
+            (
+                self.duration > 0 and math.isfinite(self.duration),
+                f"duration must be > 0 seconds, got {self.duration}",
+            ),
             (self.users >= 1, f"users must be >= 1, got {self.users}"),
             (self.context >= 1, f"context must be >= 1, got {self.context}"),
             (0.0 <= self.feedback_rate <= 1.0, "feedback rate must be in [0, 1]"),
