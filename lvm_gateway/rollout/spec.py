@@ -4,10 +4,10 @@ Thresholds are a set of named bounds, each `<metric>_max` or `<metric>_min`, whe
 a name in `rollout.analysis.METRICS`. A new signal is one more field here plus one more
 registered metric; nothing else changes.
 
-The quality bounds (hit5, empty_rate, lane_delta, invalid_rate) are opt-in: they need user
-feedback to flow, and a rollout without feedback would otherwise hold forever. The seed's values:
-success {hit5_min: 0.60, empty_rate_max: 0.10, lane_delta_max: 0.15, invalid_rate_max: 0},
-rollback {hit5_min: 0.55, empty_rate_max: 0.20, lane_delta_max: 0.20, invalid_rate_max: 0.01}.
+The defaults are the seed's success criteria and rollback triggers, quality included. A
+`success:` or `rollback:` mapping in the YAML replaces its defaults as a whole, so a policy judges
+exactly the bounds it lists (a rollout without user feedback lists no hit5/lane_delta bound;
+otherwise it would wait for feedback and pause with "insufficient traffic").
 """
 
 from __future__ import annotations
@@ -63,8 +63,22 @@ class RolloutSpec(StrictModel):
     failure_limit: int = Field(default=2, ge=1)
     max_hold_seconds: float = Field(default=600, gt=0)
     shadow_percent: float = Field(default=100, ge=0, le=100)  # mirrored share in a shadow step
-    success: Thresholds = Thresholds(p95_ms_max=5, error_rate_max=0.001)
-    rollback: Thresholds = Thresholds(p95_ms_max=10, error_rate_max=0.01)
+    success: Thresholds = Thresholds(
+        p95_ms_max=5,
+        error_rate_max=0.001,
+        hit5_min=0.60,
+        empty_rate_max=0.10,
+        lane_delta_max=0.15,
+        invalid_rate_max=0.0,
+    )
+    rollback: Thresholds = Thresholds(
+        p95_ms_max=10,
+        error_rate_max=0.01,
+        hit5_min=0.55,
+        empty_rate_max=0.20,
+        lane_delta_max=0.20,
+        invalid_rate_max=0.01,
+    )
 
     @field_validator("steps")
     @classmethod

@@ -20,8 +20,16 @@ def window(n: int, errors: int = 0, latency_ms: float = 1.0) -> VariantWindow:
     return VariantWindow(counts)
 
 
+LATENCY_ONLY = {
+    "success": {"p95_ms_max": 5, "error_rate_max": 0.001},
+    "rollback": {"p95_ms_max": 10, "error_rate_max": 0.01},
+}
+
+
 def spec(**kw: object) -> RolloutSpec:
-    return RolloutSpec.model_validate({"route": "/infer", "min_requests": 100, **kw})
+    return RolloutSpec.model_validate(
+        {"route": "/infer", "min_requests": 100, **LATENCY_ONLY, **kw}
+    )
 
 
 def verdicts(obs: Observations, s: RolloutSpec) -> dict[str, Verdict]:

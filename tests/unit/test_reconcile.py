@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lvm_gateway.rollout.model import Phase, RolloutStatus
 from lvm_gateway.rollout.observations import Observations, VariantWindow, latency_field
 from lvm_gateway.rollout.reconcile import ActionKind, reconcile
@@ -17,6 +19,8 @@ SPEC = RolloutSpec.model_validate(
         "min_requests": 200,
         "failure_limit": 2,
         "max_hold_seconds": 600,
+        "success": {"p95_ms_max": 5, "error_rate_max": 0.001},
+        "rollback": {"p95_ms_max": 10, "error_rate_max": 0.01},
     }
 )
 T0 = 1_000_000.0
@@ -136,3 +140,61 @@ def test_shadow_step_serves_nobody_and_mirrors() -> None:
     assert (s.step, s.weight, s.mirror) == (0, 0.0, 25.0)
     s, _ = reconcile(s, HEALTHY, spec, T0 + 30)
     assert (s.step, s.weight, s.mirror) == (1, 10.0, 0.0)
+
+
+# The seed's defaults: latency, errors and the quality gates fed by user feedback.
+QSPEC = RolloutSpec.model_validate(
+    {"route": "/infer", "step_min_seconds": 30, "min_requests": 200, "min_feedback": 100}
+)
+
+
+def quality(hits: dict[str, int], feedback_per_lane: int = 50, empty: int = 0,
+            invalid: int = 0) -> VariantWindow:  # fmt: skip
+    counts = {"n": 2000, latency_field(0.002): 2000, "empty": empty, "invalid": invalid,
+              "feedback": feedback_per_lane * len(hits), "hit5": sum(hits.values())}  # fmt: skip
+    for lane, h in hits.items():
+        counts[f"feedback@{lane}"] = feedback_per_lane
+        counts[f"hit5@{lane}"] = h
+    return VariantWindow(counts)
+
+
+STABLE = quality({"lane_0": 32, "lane_1": 32, "lane_2": 32, "lane_3": 32})  # Hit@5 0.64
+
+
+def test_quality_gates_hold_without_feedback_and_pass_with_good_feedback() -> None:
+    s = started(QSPEC)
+    no_feedback = Observations(canary=VariantWindow({"n": 2000, latency_field(0.002): 2000}))
+    held, (action,) = reconcile(s, no_feedback, QSPEC, T0 + 60)
+    assert held is s and action.kind == ActionKind.HOLD and "hit5: 0/100" in action.reason
+    good = quality({"lane_0": 35, "lane_1": 34, "lane_2": 33, "lane_3": 33})
+    moved, (action,) = reconcile(s, Observations(canary=good, stable=STABLE), QSPEC, T0 + 60)
+    assert action.kind == ActionKind.ADVANCE and moved.step == 1
+    assert action.metrics["hit5"] == pytest.approx(0.675)
+
+
+def test_lane_only_regression_rolls_back_although_overall_hit5_is_fine() -> None:
+    # Overall Hit@5 0.62 >= 0.60, but lane_3 answers 37.5% below stable's there.
+    lane3 = quality({"lane_0": 38, "lane_1": 38, "lane_2": 28, "lane_3": 20})
+    obs = Observations(canary=lane3, stable=STABLE)
+    once, (action,) = reconcile(started(QSPEC), obs, QSPEC, T0 + 5)
+    assert action.kind == ActionKind.FAILURE and "lane_delta" in action.reason
+    assert "hit5" not in action.reason
+    done, (action,) = reconcile(once, obs, QSPEC, T0 + 10)
+    assert done.phase == Phase.ROLLED_BACK and "lane_delta" in done.reason
+
+
+@pytest.mark.parametrize(
+    ("canary", "metric"),
+    [
+        (quality({"lane_0": 26, "lane_1": 26, "lane_2": 26, "lane_3": 26}), "hit5"),
+        (quality({"lane_0": 33, "lane_1": 33, "lane_2": 33, "lane_3": 33}, empty=500),
+         "empty_rate"),
+        (quality({"lane_0": 33, "lane_1": 33, "lane_2": 33, "lane_3": 33}, invalid=40),
+         "invalid_rate"),
+    ],
+)  # fmt: skip
+def test_quality_regressions_roll_back(canary: VariantWindow, metric: str) -> None:
+    obs = Observations(canary=canary, stable=STABLE)
+    s, _ = reconcile(started(QSPEC), obs, QSPEC, T0 + 5)
+    s, _ = reconcile(s, obs, QSPEC, T0 + 10)
+    assert s.phase == Phase.ROLLED_BACK and metric in s.reason

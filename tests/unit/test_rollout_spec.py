@@ -43,12 +43,18 @@ def test_rollback_must_be_looser_than_success() -> None:
 
 def test_bounds_and_tunables() -> None:
     spec = RolloutSpec.model_validate({"route": "/x", "steps": ["shadow", 50, 100]})
-    assert list(spec.success.bounds()) == [("p95_ms", "max", 5.0), ("error_rate", "max", 0.001)]
+    assert [m for m, _, _ in spec.rollback.bounds()] == [
+        "p95_ms", "error_rate", "hit5", "empty_rate", "lane_delta", "invalid_rate",
+    ]  # fmt: skip
     assert [spec.step_weight(i) for i in range(3)] == [0.0, 50.0, 100.0]
     tunables = spec.tunables()
     assert "steps" not in tunables
-    assert {k: v for k, v in tunables["success"].items() if v is not None} == {
-        "p95_ms_max": 5.0, "error_rate_max": 0.001,
+    assert tunables["success"] == {  # the seed's success criteria
+        "p95_ms_max": 5.0, "error_rate_max": 0.001, "hit5_min": 0.6, "empty_rate_max": 0.1,
+        "lane_delta_max": 0.15, "invalid_rate_max": 0.0,
     }  # fmt: skip
+    # A mapping in the YAML replaces the defaults as a whole: only what it lists is judged.
+    latency = RolloutSpec.model_validate({"route": "/x", "success": {"p95_ms_max": 9}})
+    assert list(latency.success.bounds()) == [("p95_ms", "max", 9.0)]
     with pytest.raises(ValidationError):
         RolloutSpec.model_validate({"route": "/x", "shadow_percent": 101})
