@@ -65,7 +65,9 @@ class RolloutSnapshot:
     def _publish(self, statuses: Mapping[str, RolloutStatus | None]) -> None:
         weights, shadow = {}, {}
         for name, pair in self._pairs.items():
-            weights[name], shadow[name] = weight_of(statuses.get(name), pair)
+            weights[name], mirror = weight_of(statuses.get(name), pair)
+            if mirror > 0:  # entries only in a shadow step: otherwise the YAML's mirror applies
+                shadow[name] = mirror
         # Whole-mapping swaps: a request reads either the old or the new weights, never a mix.
         self.statuses = MappingProxyType(dict(statuses))
         self.weights = MappingProxyType(weights)

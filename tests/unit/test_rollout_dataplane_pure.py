@@ -52,3 +52,13 @@ def test_recorder_buckets_by_time_and_variant() -> None:
     now[0] = 1005.0
     rec.record_request("a", 0.001, False)
     assert rec.pending == 3
+
+
+def test_shadow_entries_only_while_a_shadow_step_mirrors() -> None:
+    snap = RolloutSnapshot("redis://127.0.0.1:1/0", "p")
+    snap.bind({"ro": PAIR, "other": PAIR})
+    shadow = RolloutStatus("ro", phase=Phase.PROGRESSING, weight=0.0, mirror=25.0,
+                           stable="phase1", canary="phase2")  # fmt: skip
+    snap._publish({"ro": shadow, "other": None})
+    assert dict(snap.weights) == {"ro": 0.0, "other": 0.0}
+    assert dict(snap.shadow) == {"ro": 25.0}
