@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -286,16 +287,16 @@ def judge(rows: list[Row], baseline: str) -> Verdicts:
     return Verdicts(ref_name, ratios, added)
 
 
-def table(rows: list[Row], verdicts: Verdicts, baseline: str, rounds: int) -> Table:
+COLUMNS = (
+    *("target", "conns", "req/s", "p50 ms", "p99 ms", "req/s range", "CPU us/req", "canary"),
+    *("errors", f"vs nginx @{max(CONNECTIONS)}", f"+p50 @{min(CONNECTIONS)}", "goal"),
+)
+
+
+def cells(rows: list[Row], verdicts: Verdicts) -> list[list[str]]:
+    """The table's text, one line per target and connection count."""
     hi, lo = max(CONNECTIONS), min(CONNECTIONS)
-    t = Table(title=f"lvm-gateway proxy benchmark: best of {rounds} wrk runs per cell")
-    cols = ("target", "conns", "req/s", "p50 ms", "p99 ms", "req/s range", "CPU us/req", "canary")
-    for col in cols:
-        t.add_column(col, justify="left" if col == "target" else "right")
-    t.add_column("errors", justify="right")
-    t.add_column(f"vs nginx @{hi}", justify="right")
-    t.add_column(f"+p50 @{lo}", justify="right")
-    t.add_column("goal", justify="center")
+    out = []
     for r in rows:
         name = r.target.name
         for i, c in enumerate(CONNECTIONS):
@@ -311,7 +312,7 @@ def table(rows: list[Row], verdicts: Verdicts, baseline: str, rounds: int) -> Ta
                 goal = _verdict(ratio >= MIN_RPS_VS_NGINX, errors)
             elif r.target.kind == "candidate" and added is not None:
                 goal = _verdict(added <= MAX_P50_ADDED_MS, errors)
-            t.add_row(
+            out.append([
                 name if i == 0 else "",
                 str(c),
                 f"{ld.rps:,.0f}",
@@ -321,19 +322,41 @@ def table(rows: list[Row], verdicts: Verdicts, baseline: str, rounds: int) -> Ta
                 _median_cpu(r.runs[c]),
                 "-" if r.canary_share is None else f"{r.canary_share:.0%}",
                 str(errors),
-                "" if ratio is None else f"{ratio:.1%}",
+                # Rounded down, so a ratio just under the goal never prints as the goal.
+                "" if ratio is None else f"{math.floor(ratio * 1000) / 10:.1f}%",
                 "" if added is None else f"{added:+.3f} ms",
                 goal,
-                end_section=i == len(CONNECTIONS) - 1,
-            )
-    t.caption = (
-        f"proxies forward to {baseline!r}. Goals for the gateway: req/s >= {MIN_RPS_VS_NGINX:.0%} "
-        f"of {verdicts.reference or 'nginx (not run)'} at {hi} connections (1 worker); "
-        f"+p50 <= {MAX_P50_ADDED_MS} ms over direct at {lo} connection. canary: share of "
-        f"{SPLIT_PROBES} probe users routed to the canary (weight {CANARY_WEIGHT}%). CPU us/req: "
-        "the target's own processes (not wrk, upstream or Redis), median over runs."
+            ])  # fmt: skip
+    return out
+
+
+def caption(verdicts: Verdicts, baseline: str) -> str:
+    return (
+        f"Proxies forward to {baseline!r}. Goals for the gateway: req/s >= "
+        f"{MIN_RPS_VS_NGINX:.0%} of {verdicts.reference or 'nginx (not run)'} at "
+        f"{max(CONNECTIONS)} connections (1 worker); +p50 <= {MAX_P50_ADDED_MS} ms over direct "
+        f"at {min(CONNECTIONS)} connection. canary: share of {SPLIT_PROBES} probe users routed "
+        f"to the canary (weight {CANARY_WEIGHT}%). CPU us/req: the target's own processes (not "
+        "wrk, upstream or Redis), median over runs."
     )
+
+
+def table(lines: list[list[str]], title: str, note: str) -> Table:
+    t = Table(title=title, caption=note)
+    for col in COLUMNS:
+        t.add_column(col, justify="left" if col == "target" else "right")
+    for i, line in enumerate(lines):
+        last = i + 1 == len(lines) or lines[i + 1][0] != ""
+        goal = {"PASS": "[green]PASS[/green]", "MISS": "[red]MISS[/red]"}.get(line[-1], line[-1])
+        t.add_row(*line[:-1], goal, end_section=last)
     return t
+
+
+def markdown(lines: list[list[str]], title: str, setup: str, note: str) -> str:
+    """The same table for the README."""
+    head = f"| {' | '.join(COLUMNS)} |\n|{'---|' * len(COLUMNS)}\n"
+    body = "".join(f"| {' | '.join(line)} |\n" for line in lines)
+    return f"{title}\n\nConditions: {setup}.\n\n{head}{body}\n{note}\n"
 
 
 def _median_cpu(loads: list[Load]) -> str:
@@ -343,8 +366,8 @@ def _median_cpu(loads: list[Load]) -> str:
 
 def _verdict(ok: bool, errors: int) -> str:
     if errors:
-        return "[red]ERRORS[/red]"
-    return "[green]PASS[/green]" if ok else "[red]MISS[/red]"
+        return "ERRORS"
+    return "PASS" if ok else "MISS"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,12 +387,13 @@ def main(argv: list[str] | None = None) -> int:
     # Wide enough for the table even when piped (make, tee), where rich would assume 80.
     console = Console(record=True, width=max(shutil.get_terminal_size().columns, 150))
     cond = conditions()
-    console.print(
-        f"[bold]conditions[/bold]: nproc {cond['nproc']} ({cond['cpu']}), load average "
-        f"{' '.join(f'{x:.2f}' for x in cond['loadavg_start'])}; {cond['wrk']} -t1, "
+    setup = (
+        f"nproc {cond['nproc']} ({cond['cpu']}), load average "
+        f"{' '.join(f'{x:.2f}' for x in cond['loadavg_start'])} at start; {cond['wrk']} -t1, "
         f"nginx {cond['nginx']}, python {cond['python']}, commit {cond['commit']}; "
         f"{rounds} round(s) of {duration:.0f} s runs; proxies forward to {baseline}"
     )
+    console.print(f"[bold]conditions[/bold]: {setup}")
     rows: list[Row] = []
     try:
         with stop_on_signals(), tempfile.TemporaryDirectory(prefix="lvmgw-bench-") as tmp:
@@ -386,8 +410,12 @@ def main(argv: list[str] | None = None) -> int:
         console.print("\ninterrupted; every server the benchmark started is stopped")
         return 130
     verdicts = judge(rows, baseline)
-    console.print(table(rows, verdicts, baseline, rounds))
-    save(console, cond, rows, verdicts, baseline, duration)
+    lines = cells(rows, verdicts)
+    title = f"lvm-gateway proxy benchmark: best of {rounds} wrk runs per cell"
+    note = caption(verdicts, baseline)
+    console.print(table(lines, title, note))
+    table_md = markdown(lines, f"{title} ({time.strftime('%Y-%m-%d %H:%M %Z')})", setup, note)
+    save(console, cond, rows, verdicts, baseline, duration, table_md)
     return 0
 
 
@@ -398,8 +426,9 @@ def save(
     verdicts: Verdicts,
     baseline: str,
     duration_s: float,
+    table_md: str,
 ) -> None:
-    """Write every run as JSON, and the printed output as text, to bench/results/."""
+    """Write every run as JSON, the printed output as text and the table as Markdown."""
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     doc = {
@@ -423,8 +452,9 @@ def save(
     }
     out = RESULTS / f"proxy-{stamp}.json"
     out.write_text(json.dumps(doc, indent=2))
+    (RESULTS / f"proxy-{stamp}.md").write_text(table_md)
     (RESULTS / f"proxy-{stamp}.txt").write_text(console.export_text())
-    console.print(f"results: {out} (and .txt)")
+    console.print(f"results: {out} (and .md, .txt)")
 
 
 if __name__ == "__main__":
