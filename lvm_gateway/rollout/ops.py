@@ -3,13 +3,18 @@
 Each verb reads the status, applies the pure transition and writes it with one compare-and-set:
 if anything changed the rollout in between, the write fails with ConflictError rather than
 acting on a state the operator did not see (two concurrent `advance` never skip a step).
+Rollback and pause are the exception: they mean "from whatever state it is in now", so when the
+version moved under them (say the controller counted a failed analysis) they re-read and apply
+again; the transition itself still refuses what is not allowed from the new state.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
+from lvm_gateway.errors import ConflictError
 from lvm_gateway.rollout import transitions
 from lvm_gateway.rollout.analysis import Analysis, analyse
 from lvm_gateway.rollout.controller import observe
@@ -52,18 +57,39 @@ async def advance(
     return await store.transition(status, new, Actor.OPERATOR, "advance", identity, metrics)
 
 
+_STOP_ATTEMPTS = 5
+
+
+async def _stop_moving(
+    store: RolloutStore,
+    name: str,
+    action: str,
+    change: Callable[[RolloutStatus, float], RolloutStatus],
+    identity: str,
+) -> RolloutStatus:
+    left = _STOP_ATTEMPTS
+    while True:
+        status = await store.get(name)
+        try:
+            return await store.transition(
+                status, change(status, time.time()), Actor.OPERATOR, action, identity
+            )
+        except ConflictError:
+            left -= 1
+            if not left:
+                raise
+
+
 async def rollback(
     store: RolloutStore, name: str, reason: str | None = None, identity: str = ""
 ) -> RolloutStatus:
-    status = await store.get(name)
-    new = transitions.rollback(status, time.time(), reason)
-    return await store.transition(status, new, Actor.OPERATOR, "rollback", identity)
+    return await _stop_moving(
+        store, name, "rollback", lambda s, now: transitions.rollback(s, now, reason), identity
+    )
 
 
 async def pause(store: RolloutStore, name: str, identity: str = "") -> RolloutStatus:
-    status = await store.get(name)
-    new = transitions.pause(status, time.time())
-    return await store.transition(status, new, Actor.OPERATOR, "pause", identity)
+    return await _stop_moving(store, name, "pause", transitions.pause, identity)
 
 
 async def resume(store: RolloutStore, name: str, identity: str = "") -> RolloutStatus:

@@ -12,6 +12,7 @@ import redis
 
 from lvm_gateway.errors import (
     ConflictError,
+    InvalidTransitionError,
     NotLeaderError,
     ThresholdError,
     UnknownRolloutError,
@@ -210,3 +211,27 @@ async def test_describe_shows_metrics_lanes_and_the_expected_decision(
     console.print(status_table(doc, lanes=True))
     text = console.export_text()
     assert "Progressing" in text and "lane_3" in text and "criteria met" in text
+
+
+async def test_rollback_wins_over_racing_writers_and_stays_rolled_back(
+    store: RolloutStore, redis_url: str
+) -> None:
+    await ops.start(store, "phase2")
+    clients = [open_client(redis_url) for _ in range(4)]
+    stores = [RolloutStore(c, store.prefix) for c in clients]
+    results = await asyncio.gather(
+        ops.rollback(stores[0], "phase2", reason="stop"),
+        *(ops.advance(s, "phase2", force=True) for s in stores[1:]),
+        return_exceptions=True,
+    )
+    for c in clients:
+        await c.aclose()
+    rolled = results[0]
+    assert not isinstance(rolled, BaseException), rolled  # re-read past the advances
+    assert rolled.phase == Phase.ROLLED_BACK
+    for r in results[1:]:
+        assert not isinstance(r, BaseException) or isinstance(
+            r, ConflictError | InvalidTransitionError
+        )
+    final = await store.get("phase2")
+    assert (final.phase, final.weight, final.version) == (Phase.ROLLED_BACK, 0.0, rolled.version)
