@@ -30,10 +30,10 @@ pytestmark = pytest.mark.integration
 
 BODY = infer_body(n=2)
 # Loose latency bounds: two shared cores make a healthy variant's p95 jumpy; the slow variant
-# (80 ms per answer) breaches them by far.
+# (250 ms per answer) breaches them by far.
 THRESHOLDS = {
-    "success": {"p95_ms_max": 40, "error_rate_max": 0.01},
-    "rollback": {"p95_ms_max": 60, "error_rate_max": 0.05},
+    "success": {"p95_ms_max": 100, "error_rate_max": 0.01},
+    "rollback": {"p95_ms_max": 150, "error_rate_max": 0.05},
 }
 
 
@@ -43,7 +43,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     with (
         model_server("phase1", "--latency-ms", "0", log_dir=logs) as p1,
         model_server("phase2", "--latency-ms", "0", log_dir=logs) as p2,
-        model_server("phase2", "--latency-ms", "80", log_dir=logs) as slow,
+        model_server("phase2", "--latency-ms", "250", log_dir=logs) as slow,
     ):
         yield {"phase1": p1, "phase2": p2, "slow": slow}
 
@@ -155,7 +155,7 @@ async def test_latency_regression_is_rolled_back(
         events = await store.history("phase2")
     assert (done.phase, done.weight) == (Phase.ROLLED_BACK, 0.0)
     assert "p95_ms" in done.reason
-    assert events[-1]["actor"] == "controller" and events[-1]["metrics"]["p95_ms"] > 60
+    assert events[-1]["actor"] == "controller" and events[-1]["metrics"]["p95_ms"] > 150
     after = probe.since(rolled_at + 1.0)
     assert after and {v for _, _, v, _ in after} == {"phase1"}
 
@@ -166,8 +166,9 @@ async def test_rolloutctl_rollback_reaches_two_gateways_within_a_second(
     policy = policy_for(tmp_path, servers, "phase2", step_min_seconds=600)
     async with rollout_store(redis_url, policy) as store:
         with (
-            gateway(policy.read_text(), redis_url, tmp_path) as a,
-            gateway(policy.read_text(), redis_url, tmp_path) as b,
+            # No controller: only the operator's rollback changes the weights here.
+            gateway(policy.read_text(), redis_url, tmp_path, "--no-controller") as a,
+            gateway(policy.read_text(), redis_url, tmp_path, "--no-controller") as b,
         ):
             async with probing([a.url, b.url]) as probe:
                 await ops.start(store, "phase2")
