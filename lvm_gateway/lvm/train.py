@@ -34,9 +34,11 @@ from lvm_gateway.lvm.world import DEFAULT_CONCEPTS, N_LANES, World
 @dataclass(frozen=True)
 class TrainConfig:
     out: Path
+    # Measured best within a few CPU minutes: the output layer needs full rank (2 * 384 >= 768)
+    # to cancel the previous vector in delta mode; a second layer only slowed learning down.
     context: int = 16
-    hidden: int = 128
-    layers: int = 2
+    hidden: int = 384
+    layers: int = 1
     slots: int = 256
     epochs: int = 8
     lane: int | None = None
@@ -44,10 +46,10 @@ class TrainConfig:
     seed: int = 0
     world_seed: int = 0
     concepts: int = DEFAULT_CONCEPTS
-    walks_per_epoch: int = 2048
+    walks_per_epoch: int = 4096
     val_walks: int = 512
-    batch: int = 32
-    lr: float = 2e-3
+    batch: int = 16
+    lr: float = 3e-3
     dropout: float = 0.1
 
     def problems(self) -> list[str]:
@@ -101,13 +103,15 @@ def train(
         dropout=cfg.dropout,
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    steps = cfg.epochs * (cfg.walks_per_epoch // cfg.batch)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     vectors = torch.from_numpy(world.vectors.copy())  # the world keeps its bank read-only
     result = TrainResult(cfg.out, best_epoch=0, best_hits={})
     stale = 0
     for epoch in range(1, cfg.epochs + 1):
         started = time.perf_counter()
         concepts = walks(world, cfg.walks_per_epoch, cfg.context, cfg.lane, train_rng)
-        loss = _epoch(model, optimizer, vectors, concepts, cfg.batch, on_batch)
+        loss = _epoch(model, optimizer, schedule, vectors, concepts, cfg.batch, on_batch)
         rates = hit_rates(GRUPredictor(model, cfg.context), world, val)
         # Hit@10 only breaks Hit@5 ties, which matter early and for tiny models.
         improved = (rates[5], rates[10]) > (
@@ -146,6 +150,7 @@ def walks(
 def _epoch(
     model: MemoryAugmentedGRU,
     optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
     vectors: torch.Tensor,
     concepts: np.ndarray,
     batch: int,
@@ -165,6 +170,7 @@ def _epoch(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        schedule.step()
         value = loss.item()
         total += value
         if on_batch:
