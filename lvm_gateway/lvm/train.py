@@ -24,7 +24,7 @@ from rich.table import Table
 
 from lvm_gateway.errors import CheckpointError
 from lvm_gateway.lvm import gate_fit
-from lvm_gateway.lvm.checkpoint import load_predictor, save_checkpoint
+from lvm_gateway.lvm.checkpoint import load_checkpoint, load_predictor, save_checkpoint
 from lvm_gateway.lvm.evaluate import hit_rates
 from lvm_gateway.lvm.gate import save_gate
 from lvm_gateway.lvm.model import GRUPredictor, MemoryAugmentedGRU, delta_prediction
@@ -51,6 +51,7 @@ class TrainConfig:
     batch: int = 16
     lr: float = 3e-3
     dropout: float = 0.1
+    init: Path | None = None  # warm start from a checkpoint of the same sizes
 
     def problems(self) -> list[str]:
         checks = [
@@ -102,6 +103,8 @@ def train(
         memory_slots=cfg.slots,
         dropout=cfg.dropout,
     )
+    if cfg.init is not None:
+        _warm_start(model, cfg.init)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     steps = cfg.epochs * (cfg.walks_per_epoch // cfg.batch)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
@@ -126,7 +129,7 @@ def train(
                 epoch=epoch,
                 context_length=cfg.context,
                 val_results={"loss": loss, **{f"hit@{k}": v for k, v in rates.items()}},
-                args={**asdict(cfg), "out": str(cfg.out)},
+                args={k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
             )
         else:
             stale += 1
@@ -138,6 +141,14 @@ def train(
             result.stopped_early = epoch < cfg.epochs
             break
     return result
+
+
+def _warm_start(model: MemoryAugmentedGRU, path: Path) -> None:
+    """Only the weights carry over: a longer-context model can start from a shorter one's."""
+    start = load_checkpoint(path).model
+    if start.sizes != model.sizes:
+        raise CheckpointError(f"--init {path}: sizes {start.sizes} differ from {model.sizes}")
+    model.load_state_dict(start.state_dict(), strict=True)
 
 
 def walks(
@@ -202,6 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--world-seed", type=int, default=d.world_seed, help="the world lvm-serve uses")
     p.add_argument("--walks", type=int, default=d.walks_per_epoch, help="fresh walks per epoch")
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--init", type=Path, help="warm start from this checkpoint (same sizes)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--gate", action="store_true", help="fit the TMD gate instead of a model")
     p.add_argument("--experts", nargs="+", default=[], help="16 expert checkpoints (or a dir)")
@@ -242,6 +254,7 @@ def _train(args: argparse.Namespace, p: argparse.ArgumentParser, console: Consol
         world_seed=args.world_seed,
         walks_per_epoch=args.walks,
         lr=args.lr,
+        init=args.init,
     )
     if problems := cfg.problems():
         p.error("; ".join(problems))

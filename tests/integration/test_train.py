@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from lvm_gateway.errors import CheckpointError
 from lvm_gateway.lvm.checkpoint import load_checkpoint, save_checkpoint
 from lvm_gateway.lvm.evaluate import hit_rates
 from lvm_gateway.lvm.gate import GateRuntime, load_gate
@@ -95,3 +96,19 @@ def test_cli_refuses_a_wrong_number_of_experts(tmp_path):
     )
     assert done.returncode == 2
     assert "needs 16 expert checkpoints, got 0" in done.stderr
+
+
+def test_warm_start_carries_the_weights_and_refuses_other_sizes(tmp_path):
+    first = TrainConfig(out=tmp_path / "short.pt", epochs=1, **TINY)
+    train(first)
+    longer = {**TINY, "context": 12}
+    cfg = TrainConfig(out=tmp_path / "long.pt", epochs=1, lr=1e-9, init=first.out, **longer)
+    train(cfg)
+    start, after = load_checkpoint(first.out).model, load_checkpoint(cfg.out).model
+    for name, param in start.named_parameters():
+        torch.testing.assert_close(param, dict(after.named_parameters())[name], atol=1e-6, rtol=0)
+    assert load_checkpoint(cfg.out).args["init"] == str(first.out)
+
+    wider = TrainConfig(out=tmp_path / "w.pt", epochs=1, init=first.out, **{**TINY, "hidden": 8})
+    with pytest.raises(CheckpointError, match=r"sizes .* differ"):
+        train(wider)
