@@ -59,6 +59,8 @@ class PredictionRecords:
         self.ttl_ms = int(ttl_s * 1000)
         self.threshold = int(sample_rate * 10_000)
         self._pending: dict[str, dict[str, bytes | str]] = {}
+        # The batch a flush is writing: still visible to `fetch` until Redis has it.
+        self._writing: dict[str, dict[str, bytes | str]] = {}
         self.dropped = 0
 
     def configure(self, prefix: str, ttl_s: float, sample_rate: float) -> None:
@@ -87,7 +89,7 @@ class PredictionRecords:
         """Write the buffer in one pipeline; on failure the records stay for the next try."""
         if not self._pending:
             return 0
-        batch = self._pending
+        batch = self._writing = self._pending
         self._pending = {}
         try:
             async with client.pipeline(transaction=False) as pipe:
@@ -100,12 +102,16 @@ class PredictionRecords:
             for rid, fields in batch.items():
                 self._pending[rid] = {**fields, **self._pending.get(rid, {})}
             raise
+        finally:
+            self._writing = {}
         return len(batch)
 
     async def fetch(self, client: aioredis.Redis, request_id: str) -> Record | None:
+        # Read the local buffers before awaiting Redis: a record not in them by then is written.
+        local = {**self._writing.get(request_id, {}), **self._pending.get(request_id, {})}
         stored = await client.hgetall(self.key(request_id))
         fields: dict[str, bytes | str] = {k.decode(): v for k, v in stored.items()}
-        fields.update(self._pending.get(request_id, {}))
+        fields.update(local)
         answers = {
             name[2:]: unpack_answer(blob if isinstance(blob, bytes) else blob.encode())
             for name, blob in fields.items()
