@@ -6,7 +6,8 @@ the gateway (1 worker) serves >= 10% of nginx's req/s at 32 connections and adds
 p50 over direct at 1 connection. To add a row, write a function `(Bench) -> base URL` that
 starts what it needs through `bench` and append a `Target` to `TARGETS`.
 
-    python -m bench.proxy_bench [--duration S] [--quick] [--upstream nginx|stub] [--only a,b]
+    python -m bench.proxy_bench [--duration S] [--rounds N] [--quick] [--upstream nginx|stub]
+                                [--only NAME,NAME]
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ class Bench:
             deadline = time.monotonic() + 10
             while True:
                 try:
-                    redis.Redis.from_url(url).ping()
+                    with redis.Redis.from_url(url) as client:
+                        client.ping()
                     break
                 except redis.ConnectionError:
                     if time.monotonic() > deadline or proc.poll() is not None:
@@ -396,16 +398,18 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"[bold]conditions[/bold]: {setup}")
     rows: list[Row] = []
     try:
-        with stop_on_signals(), tempfile.TemporaryDirectory(prefix="lvmgw-bench-") as tmp:
-            harness = Harness(Path(tmp))
-            with harness.scope():
-                bench = Bench(harness, args.upstream)
-                start_upstreams(bench)
-                # All targets stay up for all rounds: each round compares them under one load.
-                rows = [start_target(bench, t) for t in targets]
-                for i in range(rounds):
-                    console.print(f"[bold]round {i + 1}/{rounds}[/bold]")
-                    measure_round(bench, rows, duration, console)
+        with (
+            stop_on_signals(),
+            tempfile.TemporaryDirectory(prefix="lvmgw-bench-") as tmp,
+            Harness(Path(tmp)) as harness,
+        ):
+            bench = Bench(harness, args.upstream)
+            start_upstreams(bench)
+            # All targets stay up for all rounds: each round compares them under one load.
+            rows = [start_target(bench, t) for t in targets]
+            for i in range(rounds):
+                console.print(f"[bold]round {i + 1}/{rounds}[/bold]")
+                measure_round(bench, rows, duration, console)
     except KeyboardInterrupt:
         console.print("\ninterrupted; every server the benchmark started is stopped")
         return 130
