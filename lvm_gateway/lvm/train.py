@@ -323,7 +323,8 @@ def _fit_gate(args: argparse.Namespace, p: argparse.ArgumentParser, console: Con
             "held_out_hit5": scores,
         },
     )
-    table = Table(title=f"held-out Hit@5, top-{args.top_k} mixture")
+    console.print(f"held-out Hit@5 of the top-{args.top_k} mixture (same walks for every gate):")
+    table = Table()
     table.add_column("gate")
     table.add_column("Hit@5", justify="right")
     for name, value in scores.items():
