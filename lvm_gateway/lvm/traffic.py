@@ -268,28 +268,31 @@ class _Runner:
         tasks: set[asyncio.Task[None]] = set()
         start = time.perf_counter()
         next_tick = start + cfg.tick_s
-        while (scheduled := report.issued + report.dropped) < total:
-            now = time.perf_counter()
-            due = min(total, int((now - start) * cfg.rps) + 1) - scheduled
-            for _ in range(due):
-                if len(tasks) >= cfg.concurrency:
-                    report.dropped += 1
-                    continue
-                report.issued += 1
-                task = asyncio.create_task(self.one(int(self.rng.integers(cfg.users))))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            report.in_flight = len(tasks)
-            report.elapsed_s = now - start
-            if on_tick is not None and now >= next_tick:
-                on_tick(report)
-                next_tick = now + cfg.tick_s
-            wait = (report.issued + report.dropped) / cfg.rps - (time.perf_counter() - start)
-            await asyncio.sleep(min(max(wait, 0.0), cfg.tick_s))
-        if tasks:
-            await asyncio.wait(tasks, timeout=cfg.timeout_s * 2)
-        for task in tasks:
-            task.cancel()
+        try:
+            while (scheduled := report.issued + report.dropped) < total:
+                now = time.perf_counter()
+                due = min(total, int((now - start) * cfg.rps) + 1) - scheduled
+                for _ in range(due):
+                    if len(tasks) >= cfg.concurrency:
+                        report.dropped += 1
+                        continue
+                    report.issued += 1
+                    task = asyncio.create_task(self.one(int(self.rng.integers(cfg.users))))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                report.in_flight = len(tasks)
+                report.elapsed_s = now - start
+                if on_tick is not None and now >= next_tick:
+                    on_tick(report)
+                    next_tick = now + cfg.tick_s
+                wait = (report.issued + report.dropped) / cfg.rps - (time.perf_counter() - start)
+                await asyncio.sleep(min(max(wait, 0.0), cfg.tick_s))
+            if tasks:
+                await asyncio.wait(tasks, timeout=cfg.timeout_s * 2)
+        finally:
+            # Also when cancelled (a caller that stops early): no request outlives the session.
+            for task in tasks:
+                task.cancel()
         report.in_flight = 0
         report.elapsed_s = time.perf_counter() - start
         return report
