@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench fmt clean schema
+.PHONY: demo demo-tmd test lint bench fmt clean schema
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/python -m lvm_gateway.demo
+
+demo-tmd: $(STAMP)
+	$(BIN)/python -m lvm_gateway.demo --tmd
 
 test: $(STAMP)
 	$(BIN)/ruff check .

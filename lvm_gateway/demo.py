@@ -1,24 +1,32 @@
-"""`make demo`: the whole story, unattended, on the embedded default.
+"""`make demo` and `make demo-tmd`: the whole story, unattended, on the embedded default.
 
 Embedded Redis, reference model servers, the gateway with its controller, and lvm-traffic as many
-users with feedback. Act 1 shows a static 90/10 sticky split. Act 2 adds a rollout to the policy
-file (hot-reloaded): phase2 is measured in a shadow step with zero user exposure, then walked
+users with feedback.
+
+`make demo`: act 1 shows a static 90/10 sticky split. Act 2 adds a rollout to the policy file
+(hot-reloaded): phase2 is measured in a shadow step with zero user exposure, then walked
 10 -> 20 -> 50 -> 100 -> Promoted on its latency, error and Hit@5-proxy gates. Act 3 names phase2
 stable and rolls out a variant 150 ms slower: rolled back on latency. Act 4 rolls out a variant
-whose lane 3 is degraded while its overall Hit@5 looks fine: rolled back on the lane gate. The
-rollouts' histories are printed at the end.
+whose lane 3 is degraded while its overall Hit@5 looks fine: rolled back on the lane gate.
+
+`make demo-tmd` (`--tmd`): 16 lane experts (each phase2-grade on its own lane, degraded on the
+others) behind the TMD mixture policy are rolled out against the phase2 champion; one expert is
+killed mid-rollout and the mixture keeps answering with the next-best expert.
+
+The rollouts' histories are printed at the end.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -38,6 +46,8 @@ console = Console()
 BIN = Path(sys.executable).parent
 PREFIX = "demo"
 TERMINAL = ("Promoted", "RolledBack", "Paused")
+EXPERTS = [f"e{i}" for i in range(16)]
+MIXTURE = "{tmd: {name: moe, experts: [" + ", ".join(EXPERTS) + "], top_k: 2}}"
 
 
 @dataclass
@@ -45,7 +55,7 @@ class Stack:
     servers: dict[str, str]
     gateway: str
     config: Path
-    procs: list[subprocess.Popen[bytes]]
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
 
 def _free_port() -> int:
@@ -56,28 +66,32 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{' '.join(map(str, proc.args))} exited:\n{log.read_text()[-2000:]}")  # type: ignore[arg-type]
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"{url} not ready after {timeout_s}s; see {log}")
-
-
-def _spawn(args: list[str], health: str, log: Path, procs: list[subprocess.Popen[bytes]]) -> None:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
+def _spawn(name: str, args: list[str], workdir: Path) -> subprocess.Popen[bytes]:
+    with open(workdir / f"{name}.log", "wb") as out:
+        return subprocess.Popen(
             [str(BIN / args[0]), *args[1:]], stdout=out, stderr=subprocess.STDOUT
         )
-    procs.append(proc)
-    _wait(health, proc, log)
+
+
+def _wait_all(health: dict[str, str], procs: dict[str, subprocess.Popen[bytes]],
+              workdir: Path, timeout_s: float = 60) -> None:  # fmt: skip
+    pending = dict(health)
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        for name, url in list(pending.items()):
+            if procs[name].poll() is not None:
+                log = (workdir / f"{name}.log").read_text()[-2000:]
+                raise SystemExit(f"{name} exited during start-up:\n{log}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url, timeout=1).status_code == 200:
+                    del pending[name]
+        time.sleep(0.1)
+    if pending:
+        raise SystemExit(f"not ready after {timeout_s}s: {', '.join(pending)}; logs in {workdir}")
 
 
 def policy(servers: dict[str, str], stable: str, canary: str, rollout: str | None) -> str:
+    """The demo's policy file; `canary` is a variant name or a policy subtree in YAML flow style."""
     variants = "\n".join(
         f'  {name}: {{url: "{url}", timeout_ms: 500}}' for name, url in servers.items()
     )
@@ -93,7 +107,7 @@ redis_prefix: {PREFIX}
 """
     if rollout:
         # Demo scale: seconds per step instead of hours. Quality gates are the seed's; latency
-        # bounds leave room for a 2-core machine running four model servers, the gateway and the
+        # bounds leave room for a 2-core machine running the model servers, the gateway and the
         # load generator at once (the seed's 5/10 ms are GPU-server numbers).
         text += f"""rollouts:
   {rollout}:
@@ -113,35 +127,50 @@ redis_prefix: {PREFIX}
     return text
 
 
+def classic_servers() -> dict[str, list[str]]:
+    return {
+        "phase1": ["--profile", "phase1"],
+        "phase2": ["--profile", "phase2"],
+        "slow": ["--profile", "phase2", "--latency-ms", "150"],
+        "lane3bad": ["--profile", "phase2", "--degrade-lane", "3"],
+    }
+
+
+def expert_servers() -> dict[str, list[str]]:
+    servers = {"phase2": ["--profile", "phase2"]}
+    for lane, name in enumerate(EXPERTS):
+        others = [str(x) for other in range(16) if other != lane for x in ("--degrade-lane", other)]
+        servers[name] = ["--profile", "phase2", *others]
+    return servers
+
+
 @contextlib.contextmanager
-def stack(workdir: Path, redis_url: str) -> Iterator[Stack]:
-    procs: list[subprocess.Popen[bytes]] = []
+def stack(workdir: Path, redis_url: str, servers_args: dict[str, list[str]],
+          first_policy: Callable[[dict[str, str]], str]) -> Iterator[Stack]:  # fmt: skip
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        servers: dict[str, str] = {}
-        for name, args in {
-            "phase1": ["--profile", "phase1"],
-            "phase2": ["--profile", "phase2"],
-            "slow": ["--profile", "phase2", "--latency-ms", "150"],
-            "lane3bad": ["--profile", "phase2", "--degrade-lane", "3"],
-        }.items():
-            port = _free_port()
-            servers[name] = f"http://127.0.0.1:{port}"
-            _spawn(["lvm-serve", *args, "--port", str(port)], f"{servers[name]}/health",
-                   workdir / f"{name}.log", procs)  # fmt: skip
-            console.print(f"  model server [bold]{name}[/] on {servers[name]} ({' '.join(args)})")
+        servers = {name: f"http://127.0.0.1:{_free_port()}" for name in servers_args}
+        for name, args in servers_args.items():
+            port = servers[name].rsplit(":", 1)[1]
+            procs[name] = _spawn(name, ["lvm-serve", *args, "--port", port], workdir)
+        _wait_all({n: f"{u}/health" for n, u in servers.items()}, procs, workdir)
+        for name, args in servers_args.items():
+            shown = " ".join(args) if len(args) < 8 else f"{' '.join(args[:2])} (expert)"
+            console.print(f"  model server [bold]{name}[/] on {servers[name]} ({shown})")
         config = workdir / "policy.yaml"
-        config.write_text(policy(servers, "phase1", "phase2", None))
-        port = _free_port()
-        gateway = f"http://127.0.0.1:{port}"
-        _spawn(["lvm-gateway", "serve", "--config", str(config), "--port", str(port),
-                "--redis", redis_url, "--log-level", "warning"],
-               f"{gateway}/readyz", workdir / "gateway.log", procs)  # fmt: skip
+        config.write_text(first_policy(servers))
+        gateway = f"http://127.0.0.1:{_free_port()}"
+        procs["gateway"] = _spawn("gateway", [
+            "lvm-gateway", "serve", "--config", str(config), "--port", gateway.rsplit(":", 1)[1],
+            "--redis", redis_url, "--log-level", "warning",
+        ], workdir)  # fmt: skip
+        _wait_all({"gateway": f"{gateway}/readyz"}, procs, workdir)
         console.print(f"  gateway on {gateway}, policy {config}, Redis {redis_url}")
         yield Stack(servers, gateway, config, procs)
     finally:
-        for proc in procs:
+        for proc in procs.values():
             proc.terminate()
-        for proc in procs:
+        for proc in procs.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
 
@@ -173,11 +202,16 @@ async def act_rollout(
     canary: str,
     title: str,
     timeout_s: float,
+    at_step: dict[int, Callable[[], str]] | None = None,
 ) -> str:
+    """Edit the policy to add rollout `name`, start it, and watch it until it settles.
+
+    `at_step` runs a callable once when the rollout first reaches that step index (the demo's
+    chaos); what it returns is printed under the live view.
+    """
     console.print(Rule(title))
     st.config.write_text(policy(st.servers, stable, canary, name))
-    console.print(f"  edited {st.config.name}: rollout {name!r} ({stable} -> {canary}); "
-                  "the gateway hot-reloads it")  # fmt: skip
+    console.print(f"  edited {st.config.name}: rollout {name!r}; the gateway hot-reloads it")
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:  # the gateway registers the rollout on reload
         with contextlib.suppress(Exception):
@@ -189,15 +223,20 @@ async def act_rollout(
     cfg = traffic(st.gateway, timeout_s)
     latest: list[TrafficReport] = []
     task = asyncio.create_task(run_traffic(cfg, latest.append))
+    pending = dict(at_step or {})
+    notes: list[str] = []
     phase = status.phase
     try:
         with Live(console=console, refresh_per_second=2) as live:
             while not task.done():
                 doc = await ops.describe(store, name)
                 phase = doc["phase"]
+                if doc["step"] in pending:
+                    notes.append(pending.pop(doc["step"])())
                 parts = [status_table(doc, lanes=True)]
                 if latest:
                     parts.append(render(latest[-1], cfg))
+                parts.extend(f"[bold yellow]{n}[/]" for n in notes)
                 live.update(Panel(Group(*parts), title=title))
                 if phase in TERMINAL:
                     break
@@ -206,50 +245,78 @@ async def act_rollout(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    if latest:
+        total = latest[-1].total()
+        console.print(f"  {total.requests} requests, {total.ok} answered 2xx while it ran")
     return str(phase)
 
 
 def history_table(name: str, events: list[dict[str, object]]) -> Table:
+    cols = ("at", "actor", "phase", "step", "weight", "reason")
     table = Table(title=f"rolloutctl history {name}")
-    for col in ("at", "actor", "phase", "step", "weight", "reason"):
+    for col in cols:
         table.add_column(col)
     for e in events:
-        table.add_row(*(str(e.get(c, "")) for c in ("at", "actor", "phase", "step", "weight",
-                                                      "reason")))  # fmt: skip
+        table.add_row(*(str(e.get(c, "")) for c in cols))
     return table
 
 
-async def main_async() -> int:
+async def classic_story(st: Stack, store: RolloutStore) -> dict[str, str]:
+    await act_split(st)
+    return {
+        "phase2": await act_rollout(
+            st, store, "phase2", "phase1", "phase2",
+            "Act 2: roll phase2 out: shadow -> 10 -> 20 -> 50 -> 100, gated on its metrics", 120,
+        ),
+        "slow": await act_rollout(
+            st, store, "slow", "phase2", "slow",
+            "Act 3: phase2 is stable now; roll out a variant 150 ms slower", 60,
+        ),
+        "lane3bad": await act_rollout(
+            st, store, "lane3bad", "phase2", "lane3bad",
+            "Act 4: roll out a variant whose lane 3 is degraded (overall Hit@5 still fine)", 90,
+        ),
+    }  # fmt: skip
+
+
+async def tmd_story(st: Stack, store: RolloutStore) -> dict[str, str]:
+    def kill_expert() -> str:
+        st.procs["e3"].kill()
+        return "killed expert e3 (lane 3's first choice): its share moves to the next-best expert"
+
+    return {
+        "moe": await act_rollout(
+            st, store, "moe", "phase2", MIXTURE,
+            "The TMD mixture of 16 lane experts vs the phase2 champion", 150,
+            at_step={2: kill_expert},
+        ),
+    }  # fmt: skip
+
+
+async def main_async(tmd: bool) -> int:
     t0 = time.monotonic()
     home = home_dir()
-    workdir = home / "demo"
+    workdir = home / ("demo-tmd" if tmd else "demo")
     workdir.mkdir(parents=True, exist_ok=True)
-    console.print(Rule("lvm-gateway demo"))
+    console.print(Rule("lvm-gateway demo" + (": the TMD mixture" if tmd else "")))
     redis_url = os.environ.get("REDIS_URL") or ensure_embedded(home)
     client = open_client(redis_url)
     async for key in client.scan_iter(match=f"{PREFIX}:*", count=1000):
         await client.delete(key)  # a fresh story every run
     store = RolloutStore(client, PREFIX)
-    outcome = {}
-    with stack(workdir, redis_url) as st:
-        await act_split(st)
-        outcome["phase2"] = await act_rollout(
-            st, store, "phase2", "phase1", "phase2",
-            "Act 2: roll phase2 out: shadow -> 10 -> 20 -> 50 -> 100, gated on its metrics", 120,
-        )  # fmt: skip
-        outcome["slow"] = await act_rollout(
-            st, store, "slow", "phase2", "slow",
-            "Act 3: phase2 is stable now; roll out a variant 150 ms slower", 60,
-        )  # fmt: skip
-        outcome["lane3bad"] = await act_rollout(
-            st, store, "lane3bad", "phase2", "lane3bad",
-            "Act 4: roll out a variant whose lane 3 is degraded (overall Hit@5 still fine)", 90,
-        )  # fmt: skip
+    if tmd:
+        servers, first = expert_servers(), lambda s: policy(s, "phase2", MIXTURE, None)
+        expected = {"moe": "Promoted"}
+    else:
+        servers, first = classic_servers(), lambda s: policy(s, "phase1", "phase2", None)
+        expected = {"phase2": "Promoted", "slow": "RolledBack", "lane3bad": "RolledBack"}
+    with stack(workdir, redis_url, servers, first) as st:
+        outcome = await (tmd_story(st, store) if tmd else classic_story(st, store))
         console.print(Rule("What happened"))
         for name in outcome:
             console.print(history_table(name, await store.history(name)))
     await client.aclose()
-    ok = outcome == {"phase2": "Promoted", "slow": "RolledBack", "lane3bad": "RolledBack"}
+    ok = outcome == expected
     summary = ", ".join(f"{name}: {phase}" for name, phase in outcome.items())
     console.print(
         f"[bold {'green' if ok else 'red'}]{summary}[/] in {time.monotonic() - t0:.0f}s. "
@@ -258,8 +325,11 @@ async def main_async() -> int:
     return 0 if ok else 1
 
 
-def main() -> None:
-    sys.exit(asyncio.run(main_async()))
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lvm_gateway.demo", description=__doc__)
+    parser.add_argument("--tmd", action="store_true", help="the TMD mixture story")
+    args = parser.parse_args(argv)
+    sys.exit(asyncio.run(main_async(args.tmd)))
 
 
 if __name__ == "__main__":

@@ -264,16 +264,9 @@ class GatewayApp:
             self.mirror.submit(decision.mirror, target, body, forward, request_id, lane)
         served = decision.variant
         try:
-            if decision.fanout:
-                self.metrics.masked(served, decision.masked)
-                resp = await self.dispatch.call_mixture(
-                    served, decision.experts, decision.deadline_s, target, body, forward,
-                    request_id=request_id, lane=lane, served=True,
-                )  # fmt: skip
-            else:
-                resp = await self.dispatch.call(
-                    served, target, body, forward, request_id=request_id, lane=lane, served=True
-                )
+            resp = await self.dispatch.serve(
+                decision, target, body, forward, request_id=request_id, lane=lane, served=True
+            )
         except UpstreamError as exc:
             fallback = decision.fallback if route.fallback else None
             if fallback is None:

@@ -14,13 +14,19 @@ from typing import Protocol
 
 import orjson
 
-from lvm_gateway.errors import CircuitOpenError, UpstreamError, UpstreamTimeoutError
+from lvm_gateway.errors import (
+    CircuitOpenError,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
 from lvm_gateway.gateway.circuit import Circuits
 from lvm_gateway.gateway.fusion import fuse
 from lvm_gateway.gateway.metrics import MetricsRecorder
 from lvm_gateway.gateway.records import PredictionRecords
 from lvm_gateway.gateway.signals import Prediction, inspect_answer
 from lvm_gateway.gateway.upstream import UpstreamPool, UpstreamResponse
+from lvm_gateway.policies.base import Decision
 
 
 class RecorderLike(Protocol):
@@ -47,9 +53,6 @@ class Dispatcher:
         self.records = records
         self.inflight: dict[str, int] = {}  # read by policies (expert capacity) via RoutingView
 
-    def known(self, variant: str) -> bool:
-        return variant in self.pool.clients
-
     def _observe(
         self,
         variant: str,
@@ -74,7 +77,9 @@ class Dispatcher:
             exc: UpstreamError = CircuitOpenError(variant, "circuit open after repeated errors")
             self.metrics.upstream_error(variant, exc.kind)
             raise exc
-        client = self.pool.clients[variant]
+        client = self.pool.clients.get(variant)
+        if client is None:  # a copy that outlived the reload that removed its variant
+            raise UpstreamConnectError(variant, "no longer configured")
         self.inflight[variant] = self.inflight.get(variant, 0) + 1
         t0 = time.perf_counter()
         try:
@@ -97,6 +102,28 @@ class Dispatcher:
         self.metrics.upstream(variant, elapsed)
         self.windows.record_request(variant, elapsed, False, lane)
         return resp, prediction
+
+    async def serve(
+        self,
+        decision: Decision,
+        target: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        request_id: str,
+        lane: str | None,
+        served: bool,
+    ) -> UpstreamResponse:
+        """Carry out a policy's decision: one variant, or a mixture's fan-out."""
+        if decision.fanout:
+            self.metrics.masked(decision.variant, decision.masked)
+            return await self.call_mixture(
+                decision.variant, decision.experts, decision.deadline_s, target, body, headers,
+                request_id=request_id, lane=lane, served=served,
+            )  # fmt: skip
+        return await self.call(
+            decision.variant, target, body, headers, request_id=request_id, lane=lane, served=served
+        )
 
     async def call(
         self,

@@ -11,6 +11,7 @@ import asyncio
 from lvm_gateway.errors import UpstreamError
 from lvm_gateway.gateway.dispatch import Dispatcher
 from lvm_gateway.gateway.metrics import MetricsRecorder
+from lvm_gateway.policies.base import Decision
 
 
 class Mirror:
@@ -22,7 +23,7 @@ class Mirror:
 
     def submit(
         self,
-        variant: str,
+        decision: Decision,
         target: str,
         body: bytes,
         headers: dict[str, str],
@@ -30,34 +31,31 @@ class Mirror:
         lane: str | None,
     ) -> None:
         if len(self._tasks) >= self.max_inflight:
-            self.metrics.mirror(variant, "dropped")
+            self.metrics.mirror(decision.variant, "dropped")
             return
         task = asyncio.create_task(
-            self._send(variant, target, body, {**headers, "x-mirror": "1"}, request_id, lane)
+            self._send(decision, target, body, {**headers, "x-mirror": "1"}, request_id, lane)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _send(
         self,
-        variant: str,
+        decision: Decision,
         target: str,
         body: bytes,
         headers: dict[str, str],
         request_id: str,
         lane: str | None,
     ) -> None:
-        if not self.dispatch.known(variant):  # removed by a reload while this copy waited
-            self.metrics.mirror(variant, "dropped")
-            return
         try:
-            await self.dispatch.call(
-                variant, target, body, headers, request_id=request_id, lane=lane, served=False
+            await self.dispatch.serve(
+                decision, target, body, headers, request_id=request_id, lane=lane, served=False
             )
         except UpstreamError:
-            self.metrics.mirror(variant, "failed")
+            self.metrics.mirror(decision.variant, "failed")
             return
-        self.metrics.mirror(variant, "sent")
+        self.metrics.mirror(decision.variant, "sent")
 
     async def drain(self, timeout_s: float) -> None:
         if self._tasks:

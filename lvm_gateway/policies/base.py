@@ -94,7 +94,7 @@ class RoutingView:
 class Decision:
     variant: str  # the leaf that serves the client
     fallback: str | None = None  # served instead when `variant` fails or its circuit is open
-    mirror: str | None = None  # gets a fire-and-forget copy; never delays the client
+    mirror: Decision | None = None  # a fire-and-forget copy goes there; never delays the client
     fanout: bool = False  # `variant` names a mixture: call `experts` at once and fuse
     experts: tuple[tuple[str, float], ...] = ()  # the mixture's chosen leaves and gate weights
     deadline_s: float = 0.0  # how long a fan-out waits for each expert

@@ -63,7 +63,6 @@ class Canary:
     mirror: str | None = None
     mirror_percent: float = 0.0
     rollout: str | None = None
-    canary_name: str = ""
 
     def weight_in(self, view: RoutingView) -> float:
         if self.rollout is None:
@@ -75,7 +74,7 @@ class Canary:
         key = req.headers.get(self.sticky_header) if self.sticky_header else None
         position = bucket(key, self.salt) if key else view.draw * 100.0
         stable = self.stable.decide(req, view)
-        mirror = self._mirror(view)
+        mirror = self._mirror(req, view)
         chosen = self.canary.decide(req, view) if position < weight else None
         if chosen is None or chosen.variant in view.open_circuits:
             # Outside the canary, or the canary's circuit is open: the stable subtree serves.
@@ -85,13 +84,14 @@ class Canary:
             chosen, fallback=fallback, mirror=mirror or chosen.mirror, rollout=self.rollout
         )
 
-    def _mirror(self, view: RoutingView) -> str | None:
-        # A rollout's shadow step mirrors a share of traffic to the canary, which serves no one.
+    def _mirror(self, req: RequestInfo, view: RoutingView) -> Decision | None:
+        # A rollout's shadow step mirrors a share of traffic to the canary subtree (a variant or
+        # a whole mixture), which serves no one.
         shadow = view.shadow.get(self.rollout) if self.rollout is not None else None
         if shadow is not None:
-            return self.canary_name if view.mirror_draw * 100.0 < shadow else None
+            return self.canary.decide(req, view) if view.mirror_draw * 100.0 < shadow else None
         if self.mirror is not None and view.mirror_draw * 100.0 < self.mirror_percent:
-            return self.mirror
+            return Decision(self.mirror)
         return None
 
     def leaves(self) -> frozenset[str]:
@@ -115,7 +115,6 @@ def _build(p: CanaryParams, ctx: BuildContext, path: str) -> Canary:
         mirror=p.mirror.variant if p.mirror else None,
         mirror_percent=p.mirror.percent if p.mirror else 0.0,
         rollout=rollout,
-        canary_name=display_name(canary),
     )
 
 

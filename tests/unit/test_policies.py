@@ -10,7 +10,7 @@ import yaml
 
 from lvm_gateway.errors import BadRequestError
 from lvm_gateway.gateway.config import parse_config
-from lvm_gateway.policies.base import Policy, RequestInfo, RoutingView
+from lvm_gateway.policies.base import Decision, Policy, RequestInfo, RoutingView
 
 N_USERS = 100_000
 
@@ -116,7 +116,8 @@ def test_mirror_share() -> None:
     policy = tree("{canary: {stable: a, canary: b, weight: 0, mirror: {variant: c, percent: 30}}}")
     rng = random.Random(3)
     mirrored = sum(
-        policy.decide(req(), RoutingView(draw=rng.random(), mirror_draw=rng.random())).mirror == "c"
+        policy.decide(req(), RoutingView(draw=rng.random(), mirror_draw=rng.random())).mirror
+        == Decision("c")
         for _ in range(20_000)
     )
     assert within_binomial(mirrored, 20_000, 0.3)
