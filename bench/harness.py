@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit
 
-from tests.procs import start, stop
+from tests.procs import start, stop, wait_http
 
 # Small on purpose: the benchmark measures the proxy's per-request cost, not body copying.
 REQUEST_BODY = b'{"context_vectors": [[0.1, 0.2, 0.3]], "tmd_codes": [3, 1, 2]}'
@@ -156,13 +156,15 @@ class Harness:
     def spawn(self, name: str, args: Sequence[str], health_url: str) -> subprocess.Popen[bytes]:
         """Start a process (a console script of this venv, or any command) and wait until ready."""
         log = self.workdir / f"{name}.log"
+        proc = start(args, log=log)
+        # Registered before waiting, so a Ctrl-C during start-up stops it too.
+        self._stack.callback(stop, proc)
+        self.groups[urlsplit(health_url).netloc] = proc.pid  # start() made it a group leader
         try:
-            proc = start(args, health_url=health_url, log=log)
+            wait_http(health_url, 20.0, proc)
         except (RuntimeError, TimeoutError) as exc:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise RuntimeError(f"{name} did not start: {exc}\n{tail}") from None
-        self._stack.callback(stop, proc)
-        self.groups[urlsplit(health_url).netloc] = proc.pid  # start() made it a group leader
         return proc
 
     def keep(self, proc: subprocess.Popen[bytes]) -> None:
