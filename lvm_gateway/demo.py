@@ -113,7 +113,7 @@ redis_prefix: {PREFIX}
   {rollout}:
     route: /infer
     steps: [shadow, 10, 20, 50, 100]
-    step_min_seconds: 6
+    step_min_seconds: 8
     interval_seconds: 1
     min_requests: 40
     min_feedback: 60

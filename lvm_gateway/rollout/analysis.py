@@ -39,6 +39,8 @@ class Metric:
     value: Callable[[Observations, int], float | None]
     samples: Callable[[Observations], int]
     guard: str = "min_requests"  # the RolloutSpec field giving the samples needed
+    # where(observations): what the value is about, when not the whole variant (e.g. "lane_3")
+    where: Callable[[Observations], str | None] | None = None
 
 
 METRICS: dict[str, Metric] = {}
@@ -63,7 +65,7 @@ def _canary_requests(obs: Observations) -> int:
 
 
 def _canary_feedback(obs: Observations) -> int:
-    return obs.canary.get("feedback")
+    return obs.canary_quality.get("feedback")
 
 
 def _share(counter: str, of: str) -> Callable[[Observations, int], float | None]:
@@ -77,29 +79,40 @@ def _share(counter: str, of: str) -> Callable[[Observations, int], float | None]
 
 
 def _hit5(obs: Observations, pad: int) -> float | None:
-    total = obs.canary.get("feedback") + pad
-    return (obs.canary.get("hit5") + pad) / total if total else None
+    canary = obs.canary_quality
+    total = canary.get("feedback") + pad
+    return (canary.get("hit5") + pad) / total if total else None
 
 
 # A lane is compared only once both variants have this much feedback on it.
 LANE_MIN_FEEDBACK = 20
 
 
+def _lane_deltas(obs: Observations) -> dict[str, float]:
+    """Each compared lane's relative Hit@5 shortfall of the canary against stable."""
+    out = {}
+    canary, stable = obs.canary_quality, obs.stable_quality
+    for lane in sorted(canary.lanes() & stable.lanes()):
+        fb_c, fb_s = canary.get("feedback", lane), stable.get("feedback", lane)
+        if min(fb_c, fb_s) < LANE_MIN_FEEDBACK:
+            continue
+        base = stable.get("hit5", lane) / fb_s
+        if base <= 0:
+            continue
+        out[lane] = (base - canary.get("hit5", lane) / fb_c) / base
+    return out
+
+
 def _lane_delta(obs: Observations, pad: int) -> float | None:
     """The worst relative Hit@5 shortfall of the canary against stable on any one lane."""
     if pad:
         return None  # no best case to claim across lanes: thin data stays insufficient
-    worst = None
-    for lane in obs.canary.lanes() & obs.stable.lanes():
-        fb_c, fb_s = obs.canary.get("feedback", lane), obs.stable.get("feedback", lane)
-        if min(fb_c, fb_s) < LANE_MIN_FEEDBACK:
-            continue
-        base = obs.stable.get("hit5", lane) / fb_s
-        if base <= 0:
-            continue
-        delta = (base - obs.canary.get("hit5", lane) / fb_c) / base
-        worst = delta if worst is None else max(worst, delta)
-    return worst
+    return max(_lane_deltas(obs).values(), default=None)
+
+
+def _worst_lane(obs: Observations) -> str | None:
+    deltas = _lane_deltas(obs)
+    return max(deltas, key=deltas.__getitem__) if deltas else None
 
 
 register_metric(Metric("error_rate", "", _error_rate, _canary_requests))
@@ -107,7 +120,9 @@ register_metric(Metric("p95_ms", "ms", _p95_ms, _canary_requests))
 register_metric(Metric("empty_rate", "", _share("empty", "n"), _canary_requests))
 register_metric(Metric("invalid_rate", "", _share("invalid", "n"), _canary_requests))
 register_metric(Metric("hit5", "", _hit5, _canary_feedback, guard="min_feedback"))
-register_metric(Metric("lane_delta", "", _lane_delta, _canary_feedback, guard="min_feedback"))
+register_metric(
+    Metric("lane_delta", "", _lane_delta, _canary_feedback, guard="min_feedback", where=_worst_lane)
+)
 
 
 def violates(value: float, kind: Bound, limit: float) -> bool:
@@ -124,9 +139,12 @@ class MetricResult:
     success: float | None
     rollback: float | None
     verdict: Verdict
+    where: str | None = None  # e.g. the lane a lane_delta value comes from
 
     def describe(self) -> str:
         shown = "n/a" if self.value is None else f"{self.value:.4g}"
+        if self.where is not None:
+            shown += f" ({self.where})"
         if self.verdict == Verdict.BREACH:
             op = ">" if self.kind == "max" else "<"
             return f"{self.metric} {shown} {op} {self.rollback:g}"
@@ -186,5 +204,6 @@ def analyse(obs: Observations, spec: RolloutSpec) -> Analysis:
             verdict = Verdict.FAIL
         else:
             verdict = Verdict.PASS
-        results.append(MetricResult(name, kind, value, samples, needed, ok, bad, verdict))
+        where = metric.where(obs) if metric.where is not None and value is not None else None
+        results.append(MetricResult(name, kind, value, samples, needed, ok, bad, verdict, where))
     return Analysis(tuple(results), obs.canary.requests, spec.min_requests)

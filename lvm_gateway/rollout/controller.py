@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from lvm_gateway.errors import ConflictError, NotLeaderError, RolloutError
 from lvm_gateway.rollout.lease import Lease
 from lvm_gateway.rollout.model import Actor, Phase, RolloutStatus
-from lvm_gateway.rollout.observations import Observations
+from lvm_gateway.rollout.observations import Observations, VariantWindow
 from lvm_gateway.rollout.reconcile import Action, reconcile
 from lvm_gateway.rollout.store import Registered, RolloutStore, open_client
 from lvm_gateway.rollout.transitions import align
@@ -36,17 +36,23 @@ MAX_LOOKBACK_SECONDS = 600
 async def observe(
     client: aioredis.Redis, prefix: str, status: RolloutStatus, now: float
 ) -> Observations:
-    """Every replica's counts for the canary and the stable variant since the step began."""
-    started = status.step_started_at if status.step_started_at is not None else now
-    since = max(started, now - MAX_LOOKBACK_SECONDS)
+    """Every replica's counts for the canary and the stable variant since the step began, and
+    since the rollout began (for the quality metrics)."""
+    horizon = now - MAX_LOOKBACK_SECONDS
+    step_started = status.step_started_at if status.step_started_at is not None else now
+    since = max(step_started, horizon)
+    rollout_since = max(status.started_at if status.started_at is not None else since, horizon)
     names = [n for n in (status.canary, status.stable) if n is not None]
-    windows = await read_windows(client, prefix, names, since, now)
-    empty = Observations(since=since, until=now)
+    step = await read_windows(client, prefix, names, since, now)
+    whole = await read_windows(client, prefix, names, rollout_since, now)
+    empty = VariantWindow()
     return Observations(
-        canary=windows.get(status.canary or "", empty.canary),
-        stable=windows.get(status.stable or "", empty.stable),
+        canary=step.get(status.canary or "", empty),
+        stable=step.get(status.stable or "", empty),
         since=since,
         until=now,
+        canary_rollout=whole.get(status.canary or "", empty),
+        stable_rollout=whole.get(status.stable or "", empty),
     )
 
 

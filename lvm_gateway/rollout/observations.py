@@ -99,3 +99,16 @@ class Observations:
     stable: VariantWindow = field(default_factory=VariantWindow)
     since: float = 0.0
     until: float = 0.0
+    # The same since the rollout started. Quality judges the model, not the step: feedback
+    # from the shadow and earlier steps still counts, and at 100% (when stable serves no one)
+    # the per-lane baseline is the stable variant's from the earlier steps.
+    canary_rollout: VariantWindow | None = None
+    stable_rollout: VariantWindow | None = None
+
+    @property
+    def canary_quality(self) -> VariantWindow:
+        return self.canary if self.canary_rollout is None else self.canary_rollout
+
+    @property
+    def stable_quality(self) -> VariantWindow:
+        return self.stable if self.stable_rollout is None else self.stable_rollout

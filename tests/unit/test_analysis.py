@@ -147,6 +147,18 @@ def test_lane_delta_compares_each_lane_with_stable() -> None:
     assert result["lane_delta"].value == pytest.approx(0.4)
     even = analyse(Observations(canary=stable, stable=stable), s)
     assert {r.metric: r.verdict for r in even.results}["lane_delta"] == Verdict.PASS
+    # At 100% the stable variant serves no one in the step: quality is judged on the whole
+    # rollout's windows, so the per-lane baseline from earlier steps still applies.
+    at_full = Observations(
+        canary=VariantWindow({"n": 1000}),
+        stable=VariantWindow(),
+        canary_rollout=canary,
+        stable_rollout=stable,
+    )
+    result = {r.metric: r for r in analyse(at_full, s).results}
+    assert result["lane_delta"].verdict == Verdict.BREACH
+    assert result["lane_delta"].where == "lane_3"
+    assert result["hit5"].value == pytest.approx(255 / 400)
 
 
 def test_quantile_from_histogram_interpolates_and_merges() -> None:
