@@ -16,6 +16,7 @@ Verdicts, per metric:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -86,10 +87,15 @@ def _hit5(obs: Observations, pad: int) -> float | None:
 
 # A lane is compared only once both variants have this much feedback on it.
 LANE_MIN_FEEDBACK = 20
+# One-sided 95%: a lane's shortfall counts only beyond what sampling noise explains. With 16
+# lanes judged every interval on a few dozen feedbacks each, raw per-lane rates differ by 20%
+# by chance alone (seen in the demo: a healthy lane "breached" before the degraded one had data).
+LANE_Z = 1.645
 
 
 def _lane_deltas(obs: Observations) -> dict[str, float]:
-    """Each compared lane's relative Hit@5 shortfall of the canary against stable."""
+    """Each compared lane's relative Hit@5 shortfall of the canary against stable, net of noise:
+    (p_stable - p_canary - z * standard error of the difference) / p_stable, at least 0."""
     out = {}
     canary, stable = obs.canary_quality, obs.stable_quality
     for lane in sorted(canary.lanes() & stable.lanes()):
@@ -99,7 +105,9 @@ def _lane_deltas(obs: Observations) -> dict[str, float]:
         base = stable.get("hit5", lane) / fb_s
         if base <= 0:
             continue
-        out[lane] = (base - canary.get("hit5", lane) / fb_c) / base
+        rate = canary.get("hit5", lane) / fb_c
+        se = math.sqrt(base * (1 - base) / fb_s + rate * (1 - rate) / fb_c)
+        out[lane] = max(0.0, (base - rate - LANE_Z * se) / base)
     return out
 
 

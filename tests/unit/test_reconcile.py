@@ -173,8 +173,9 @@ def test_quality_gates_hold_without_feedback_and_pass_with_good_feedback() -> No
 
 
 def test_lane_only_regression_rolls_back_although_overall_hit5_is_fine() -> None:
-    # Overall Hit@5 0.62 >= 0.60, but lane_3 answers 37.5% below stable's there.
-    lane3 = quality({"lane_0": 38, "lane_1": 38, "lane_2": 28, "lane_3": 20})
+    # Overall Hit@5 0.68 >= 0.60, but lane_3 answers 62.5% below stable's there (0.24 vs 0.64
+    # on 50 feedbacks each: far beyond sampling noise).
+    lane3 = quality({"lane_0": 42, "lane_1": 42, "lane_2": 40, "lane_3": 12})
     obs = Observations(canary=lane3, stable=STABLE)
     once, (action,) = reconcile(started(QSPEC), obs, QSPEC, T0 + 5)
     assert action.kind == ActionKind.FAILURE and "lane_delta" in action.reason
