@@ -10,8 +10,9 @@ stable and rolls out a variant 150 ms slower: rolled back on latency. Act 4 roll
 whose lane 3 is degraded while its overall Hit@5 looks fine: rolled back on the lane gate.
 
 `make demo-tmd` (`--tmd`): 16 lane experts (each phase2-grade on its own lane, degraded on the
-others) behind the TMD mixture policy are rolled out against the phase2 champion; one expert is
-killed mid-rollout and the mixture keeps answering with the next-best expert.
+others) behind the TMD mixture policy are rolled out against the phase2 champion and promoted;
+then one expert is killed under full traffic and every request is still answered, by the
+next-best expert.
 
 The rollouts' histories are printed at the end.
 """
@@ -113,7 +114,7 @@ redis_prefix: {PREFIX}
   {rollout}:
     route: /infer
     steps: [shadow, 10, 20, 50, 100]
-    step_min_seconds: 8
+    step_min_seconds: 10
     interval_seconds: 1
     min_requests: 40
     min_feedback: 60
@@ -202,13 +203,8 @@ async def act_rollout(
     canary: str,
     title: str,
     timeout_s: float,
-    at_step: dict[int, Callable[[], str]] | None = None,
 ) -> str:
-    """Edit the policy to add rollout `name`, start it, and watch it until it settles.
-
-    `at_step` runs a callable once when the rollout first reaches that step index (the demo's
-    chaos); what it returns is printed under the live view.
-    """
+    """Edit the policy to add rollout `name`, start it, and watch it until it settles."""
     console.print(Rule(title))
     st.config.write_text(policy(st.servers, stable, canary, name))
     console.print(f"  edited {st.config.name}: rollout {name!r}; the gateway hot-reloads it")
@@ -223,20 +219,15 @@ async def act_rollout(
     cfg = traffic(st.gateway, timeout_s)
     latest: list[TrafficReport] = []
     task = asyncio.create_task(run_traffic(cfg, latest.append))
-    pending = dict(at_step or {})
-    notes: list[str] = []
     phase = status.phase
     try:
         with Live(console=console, refresh_per_second=2) as live:
             while not task.done():
                 doc = await ops.describe(store, name)
                 phase = doc["phase"]
-                if doc["step"] in pending:
-                    notes.append(pending.pop(doc["step"])())
                 parts = [status_table(doc, lanes=True)]
                 if latest:
                     parts.append(render(latest[-1], cfg))
-                parts.extend(f"[bold yellow]{n}[/]" for n in notes)
                 live.update(Panel(Group(*parts), title=title))
                 if phase in TERMINAL:
                     break
@@ -280,17 +271,36 @@ async def classic_story(st: Stack, store: RolloutStore) -> dict[str, str]:
 
 
 async def tmd_story(st: Stack, store: RolloutStore) -> dict[str, str]:
-    def kill_expert() -> str:
-        st.procs["e3"].kill()
-        return "killed expert e3 (lane 3's first choice): its share moves to the next-best expert"
-
-    return {
+    outcome = {
         "moe": await act_rollout(
             st, store, "moe", "phase2", MIXTURE,
             "The TMD mixture of 16 lane experts vs the phase2 champion", 150,
-            at_step={2: kill_expert},
         ),
     }  # fmt: skip
+    console.print(Rule("Kill expert e3 (lane 3's first choice) under full traffic"))
+    st.procs["e3"].kill()
+    cfg = traffic(st.gateway, 10)
+    with Live(console=console, refresh_per_second=4) as live:
+        report = await run_traffic(cfg, lambda r: live.update(render(r, cfg)))
+        live.update(render(report, cfg))
+    total = report.total()
+    masked = _metric(st.gateway, "lvmgw_expert_masked_total", 'expert="e3"')
+    errors = _metric(st.gateway, "lvmgw_expert_calls_total", 'expert="e3",outcome="error"')
+    console.print(
+        f"  {total.ok}/{total.requests} requests answered 2xx; e3 failed {errors:.0f} calls, then"
+        f" its open circuit masked it {masked:.0f} times and lane 3 went to the next-best expert"
+    )
+    outcome["e3 killed"] = "all answered" if total.ok == total.requests else "errors"
+    return outcome
+
+
+def _metric(gateway: str, name: str, labels: str) -> float:
+    text = httpx.get(f"{gateway}/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and labels in line
+    )
 
 
 async def main_async(tmd: bool) -> int:
@@ -306,14 +316,14 @@ async def main_async(tmd: bool) -> int:
     store = RolloutStore(client, PREFIX)
     if tmd:
         servers, first = expert_servers(), lambda s: policy(s, "phase2", MIXTURE, None)
-        expected = {"moe": "Promoted"}
+        expected = {"moe": "Promoted", "e3 killed": "all answered"}
     else:
         servers, first = classic_servers(), lambda s: policy(s, "phase1", "phase2", None)
         expected = {"phase2": "Promoted", "slow": "RolledBack", "lane3bad": "RolledBack"}
     with stack(workdir, redis_url, servers, first) as st:
         outcome = await (tmd_story(st, store) if tmd else classic_story(st, store))
         console.print(Rule("What happened"))
-        for name in outcome:
+        for name in await store.names():
             console.print(history_table(name, await store.history(name)))
     await client.aclose()
     ok = outcome == expected
