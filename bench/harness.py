@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit
 
-from tests.procs import start, stop, wait_http
+from lvm_gateway.procs import start, stop, wait_http
 
 # Small on purpose: the benchmark measures the proxy's per-request cost, not body copying.
 REQUEST_BODY = b'{"context_vectors": [[0.1, 0.2, 0.3]], "tmd_codes": [3, 1, 2]}'

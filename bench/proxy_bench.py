@@ -34,8 +34,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.harness import REQUEST_BODY, Harness, Load, conditions, run_wrk, stop_on_signals
+from lvm_gateway.procs import free_port
 from lvm_gateway.redisconn import start_redis_server
-from tests.procs import free_port
 
 RESULTS = Path(__file__).parent / "results"
 CONNECTIONS = (1, 32)
@@ -185,11 +185,15 @@ def gateway_canary(workers: int) -> Callable[[Bench], str]:
     return lambda bench: bench.gateway(f"gateway-{workers}w", canary_config(bench), workers)
 
 
-def gateway_no_records(bench: Bench) -> str:
-    """Answers still inspected, none kept for feedback: what prediction records cost."""
-    config = canary_config(bench)
-    config["feedback"] = {"sample_rate": 0}
-    return bench.gateway("gateway-1w-no-records", config)
+def gateway_records(rate: float) -> Callable[[Bench], str]:
+    """Answers inspected, `rate` of them kept for feedback (default 0.1): what records cost."""
+
+    def start(bench: Bench) -> str:
+        config = canary_config(bench)
+        config["feedback"] = {"sample_rate": rate}
+        return bench.gateway(f"gateway-1w-records-{rate:g}", config)
+
+    return start
 
 
 def gateway_no_inspect(bench: Bench) -> str:
@@ -206,7 +210,8 @@ TARGETS = (
     Target("nginx (1 worker)", "reference", nginx_proxy(1)),
     Target("gateway 1w", "candidate", gateway_canary(1)),
     Target("gateway 2w", "candidate", gateway_canary(2)),
-    Target("gateway 1w, no records", "candidate", gateway_no_records),
+    Target("gateway 1w, no records", "candidate", gateway_records(0)),
+    Target("gateway 1w, every answer recorded", "candidate", gateway_records(1.0)),
     Target("gateway 1w, no inspect", "candidate", gateway_no_inspect),
 )
 

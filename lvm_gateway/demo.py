@@ -38,13 +38,13 @@ from rich.rule import Rule
 from rich.table import Table
 
 from lvm_gateway.lvm.traffic import TrafficConfig, TrafficReport, render, run_traffic
+from lvm_gateway.procs import free_port, start, stop, wait_http
 from lvm_gateway.redisconn import ensure_embedded, home_dir
 from lvm_gateway.rollout import ops
 from lvm_gateway.rollout.cli import status_table
 from lvm_gateway.rollout.store import RolloutStore, open_client
 
 console = Console()
-BIN = Path(sys.executable).parent
 PREFIX = "demo"
 TERMINAL = ("Promoted", "RolledBack", "Paused")
 EXPERTS = [f"e{i}" for i in range(16)]
@@ -60,38 +60,6 @@ class Stack:
     gateway: str
     config: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _spawn(name: str, args: list[str], workdir: Path) -> subprocess.Popen[bytes]:
-    with open(workdir / f"{name}.log", "wb") as out:
-        return subprocess.Popen(
-            [str(BIN / args[0]), *args[1:]], stdout=out, stderr=subprocess.STDOUT
-        )
-
-
-def _wait_all(health: dict[str, str], procs: dict[str, subprocess.Popen[bytes]],
-              workdir: Path, timeout_s: float = 60) -> None:  # fmt: skip
-    pending = dict(health)
-    deadline = time.monotonic() + timeout_s
-    while pending and time.monotonic() < deadline:
-        for name, url in list(pending.items()):
-            if procs[name].poll() is not None:
-                log = (workdir / f"{name}.log").read_text()[-2000:]
-                raise SystemExit(f"{name} exited during start-up:\n{log}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url, timeout=1).status_code == 200:
-                    del pending[name]
-        time.sleep(0.1)
-    if pending:
-        raise SystemExit(f"not ready after {timeout_s}s: {', '.join(pending)}; logs in {workdir}")
 
 
 def policy(servers: dict[str, str], stable: str, canary: str, rollout: str | None) -> str:
@@ -153,30 +121,29 @@ def stack(workdir: Path, redis_url: str, servers_args: dict[str, list[str]],
           first_policy: Callable[[dict[str, str]], str]) -> Iterator[Stack]:  # fmt: skip
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        servers = {name: f"http://127.0.0.1:{_free_port()}" for name in servers_args}
-        for name, args in servers_args.items():
+        servers = {name: f"http://127.0.0.1:{free_port()}" for name in servers_args}
+        for name, args in servers_args.items():  # all start at once, then each is awaited
             port = servers[name].rsplit(":", 1)[1]
-            procs[name] = _spawn(name, ["lvm-serve", *args, "--port", port], workdir)
-        _wait_all({n: f"{u}/health" for n, u in servers.items()}, procs, workdir)
-        for name, args in servers_args.items():
+            procs[name] = start(["lvm-serve", *args, "--port", port], log=workdir / f"{name}.log")
+        for name, url in servers.items():
+            wait_http(f"{url}/health", 60, procs[name])
+            args = servers_args[name]
             shown = " ".join(args) if len(args) < 8 else f"{' '.join(args[:2])} (expert)"
-            console.print(f"  model server [bold]{name}[/] on {servers[name]} ({shown})")
+            console.print(f"  model server [bold]{name}[/] on {url} ({shown})")
         config = workdir / "policy.yaml"
         config.write_text(first_policy(servers))
-        gateway = f"http://127.0.0.1:{_free_port()}"
-        procs["gateway"] = _spawn("gateway", [
-            "lvm-gateway", "serve", "--config", str(config), "--port", gateway.rsplit(":", 1)[1],
-            "--redis", redis_url, "--log-level", "warning",
-        ], workdir)  # fmt: skip
-        _wait_all({"gateway": f"{gateway}/readyz"}, procs, workdir)
+        port = free_port()
+        gateway = f"http://127.0.0.1:{port}"
+        procs["gateway"] = start(
+            ["lvm-gateway", "serve", "--config", str(config), "--port", str(port),
+             "--redis", redis_url, "--log-level", "warning"],
+            health_url=f"{gateway}/readyz", log=workdir / "gateway.log",
+        )  # fmt: skip
         console.print(f"  gateway on {gateway}, policy {config}, Redis {redis_url}")
         yield Stack(servers, gateway, config, procs)
     finally:
         for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
+            stop(proc)
 
 
 def traffic(gateway: str, duration: float) -> TrafficConfig:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from lvm_gateway.procs import free_port
 from lvm_gateway.redisconn import start_redis_server
-from tests.procs import free_port
 
 
 @pytest.fixture(scope="session")

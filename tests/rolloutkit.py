@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from lvm_gateway.gateway.config import load_config
+from lvm_gateway.rollout.store import RolloutStore, open_client
 from lvm_gateway.rollout.windows import WindowRecorder
 
 
@@ -61,3 +65,15 @@ def feed(
 ) -> None:
     for i in range(n):
         recorder.record_request(variant, latency_ms / 1000, i < errors)
+
+
+@contextlib.asynccontextmanager
+async def rollout_store(redis_url: str, policy: Path) -> AsyncIterator[RolloutStore]:
+    config = load_config(policy)
+    client = open_client(redis_url)
+    store = RolloutStore(client, config.spec.redis_prefix)
+    await store.register_specs(config)
+    try:
+        yield store
+    finally:
+        await client.aclose()

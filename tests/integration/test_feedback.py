@@ -26,7 +26,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
         yield {"phase1": p1, "phase2": p2, "nan": nan}
 
 
-def config(servers: dict[str, str], policy: str, extra: str = "", fallback: bool = True) -> str:
+def config(
+    servers: dict[str, str],
+    policy: str,
+    extra: str = "feedback: {sample_rate: 1.0}\n",
+    fallback: bool = True,
+) -> str:
     variants = "\n".join(
         f'  {name}: {{url: "{url}", timeout_ms: 500}}' for name, url in servers.items()
     )
@@ -90,7 +95,7 @@ def test_feedback_round_trip_across_two_replicas(
 def test_unknown_and_expired_ids_are_404(
     servers: dict[str, str], redis_url: str, tmp_path: Path
 ) -> None:
-    text = config(servers, "phase2", "feedback: {ttl_seconds: 0.5}\n")
+    text = config(servers, "phase2", "feedback: {ttl_seconds: 0.5, sample_rate: 1.0}\n")
     with gateway(text, redis_url, tmp_path) as gw:
         status, body = post_feedback(gw, {"request_id": "never-issued", "clicked_id": "c1"})
         assert status == 404 and "never-issued" in str(body["message"])

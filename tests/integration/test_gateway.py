@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from lvm_gateway.procs import free_port
 from tests.integration.gateway_env import Gateway, gateway, infer_body, model_server
-from tests.procs import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ import pytest
 
 from lvm_gateway.lvm import server
 from lvm_gateway.lvm.world import DIM, World
+from lvm_gateway.procs import BIN, free_port
 from tests.integration.gateway_env import model_server
-from tests.procs import BIN, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lvm_gateway.procs import free_port, start, stop
 from tests.integration.gateway_env import gateway, infer_body
-from tests.procs import free_port, start, stop
 
 pytestmark = pytest.mark.integration
 

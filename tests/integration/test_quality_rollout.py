@@ -26,13 +26,13 @@ from typing import Any
 import pytest
 import yaml
 
-from lvm_gateway.gateway.config import load_config
 from lvm_gateway.lvm.traffic import TrafficConfig, TrafficReport, run_traffic
+from lvm_gateway.procs import BIN
 from lvm_gateway.rollout import ops
 from lvm_gateway.rollout.model import Phase, RolloutStatus
-from lvm_gateway.rollout.store import RolloutStore, open_client
+from lvm_gateway.rollout.store import RolloutStore
 from tests.integration.gateway_env import Gateway, gateway, model_server
-from tests.procs import BIN
+from tests.rolloutkit import rollout_store
 
 pytestmark = pytest.mark.integration
 
@@ -101,18 +101,6 @@ def write_policy(tmp: Path, stable_url: str, canary_url: str, **rollout: Any) ->
     path = tmp / f"policy-{doc['redis_prefix']}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
-
-
-@contextlib.asynccontextmanager
-async def rollout_store(redis_url: str, policy: Path) -> AsyncIterator[RolloutStore]:
-    config = load_config(policy)
-    client = open_client(redis_url)
-    store = RolloutStore(client, config.spec.redis_prefix)
-    await store.register_specs(config)
-    try:
-        yield store
-    finally:
-        await client.aclose()
 
 
 def users(url: str, **kw: Any) -> TrafficConfig:

@@ -17,14 +17,13 @@ import httpx
 import pytest
 from redis.exceptions import RedisError
 
-from lvm_gateway.gateway.config import load_config
+from lvm_gateway.procs import BIN, free_port
 from lvm_gateway.redisconn import start_redis_server
 from lvm_gateway.rollout import ops
 from lvm_gateway.rollout.model import Phase, RolloutStatus
 from lvm_gateway.rollout.store import RolloutStore, open_client
 from tests.integration.gateway_env import gateway, infer_body, model_server
-from tests.procs import BIN, free_port
-from tests.rolloutkit import write_policy
+from tests.rolloutkit import rollout_store, write_policy
 
 pytestmark = pytest.mark.integration
 
@@ -85,18 +84,6 @@ async def probing(urls: list[str], per_gateway: int = 3) -> AsyncIterator[Probe]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-@contextlib.asynccontextmanager
-async def rollout_store(redis_url: str, policy: Path) -> AsyncIterator[RolloutStore]:
-    config = load_config(policy)
-    client = open_client(redis_url)
-    store = RolloutStore(client, config.spec.redis_prefix)
-    await store.register_specs(config)
-    try:
-        yield store
-    finally:
-        await client.aclose()
 
 
 async def until(

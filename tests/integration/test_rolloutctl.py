@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.procs import BIN, free_port
+from lvm_gateway.procs import BIN, free_port
 from tests.rolloutkit import write_policy
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ import torch
 
 from lvm_gateway.lvm.checkpoint import load_predictor, save_checkpoint
 from lvm_gateway.lvm.model import MemoryAugmentedGRU
-from tests.procs import BIN, free_port, start, stop
+from lvm_gateway.procs import BIN, free_port, start, stop
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import pytest
 from lvm_gateway.errors import TrafficError
 from lvm_gateway.lvm import traffic
 from lvm_gateway.lvm.traffic import TrafficConfig, TrafficReport, run_traffic
+from lvm_gateway.procs import BIN, free_port
 from tests.integration.gateway_env import gateway, model_server
-from tests.procs import BIN, free_port
 
 pytestmark = pytest.mark.integration
 

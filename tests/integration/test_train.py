@@ -15,7 +15,7 @@ from lvm_gateway.lvm.gate import GateRuntime, load_gate
 from lvm_gateway.lvm.model import GRUPredictor, MemoryAugmentedGRU
 from lvm_gateway.lvm.train import TrainConfig, train, walks
 from lvm_gateway.lvm.world import World
-from tests.procs import BIN
+from lvm_gateway.procs import BIN
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Real processes for integration tests: free ports, start-and-wait, clean stop."""
+"""Real local processes (tests, the demo, the benchmark): free ports, start-and-wait, clean stop."""
 
 from __future__ import annotations
 
