@@ -201,7 +201,7 @@ def parse_config(data: Any, source: str = "") -> Config:
     try:
         spec = ConfigSpec.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_pydantic_errors(exc)) from exc
+        raise ConfigError(_pydantic_errors(exc) + _policy_errors_of_raw(data)) from exc
     errors: list[str] = []
     variants = frozenset(spec.variants)
     rollout_by_route: dict[str, str] = {}
@@ -249,6 +249,23 @@ def parse_config(data: Any, source: str = "") -> Config:
         digest=hashlib.sha256(repr(data).encode()).hexdigest()[:12],
         variants=MappingProxyType(dict(spec.variants)),
     )
+
+
+def _policy_errors_of_raw(data: Any) -> list[str]:
+    """The policy trees' errors in a document whose shape failed elsewhere, so that one
+    `validate` run lists them too (rollout bindings need a valid document and wait)."""
+    if not isinstance(data, dict):
+        return []
+    variants, routes = data.get("variants"), data.get("routes")
+    if not isinstance(variants, dict) or not isinstance(routes, list):
+        return []
+    errors: list[str] = []
+    for i, route in enumerate(routes):
+        if isinstance(route, dict) and "policy" in route:
+            tb = _TreeBuilder(frozenset(map(str, variants)), None)
+            tb.build(route["policy"], f"routes[{i}].policy")
+            errors.extend(tb.errors)
+    return errors
 
 
 def load_config(path: str | Path) -> Config:
