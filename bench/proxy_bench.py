@@ -34,6 +34,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.harness import REQUEST_BODY, Harness, Load, conditions, run_wrk, stop_on_signals
+from lvm_gateway.gateway.config import parse_config
+from lvm_gateway.policies.base import RequestInfo, RoutingView
 from lvm_gateway.procs import free_port
 from lvm_gateway.redisconn import start_redis_server
 
@@ -203,6 +205,44 @@ def gateway_no_inspect(bench: Bench) -> str:
     return bench.gateway("gateway-1w-no-inspect", config)
 
 
+def gateway_mixture(bench: Bench) -> str:
+    """The TMD mixture: 16 experts on the fast upstream, top-2 fan-out and fusion per request.
+    Requests carry no TMD code, so the gate is uniform and picks e0 and e1."""
+    variant = {"url": bench.upstream_url, "timeout_ms": 1000}
+    experts = [f"e{i}" for i in range(16)]
+    return bench.gateway("gateway-1w-tmd", {
+        "variants": {e: dict(variant) for e in experts},
+        "routes": [{"path": "/infer", "policy": {"tmd": {"name": "moe", "experts": experts}}}],
+    })  # fmt: skip
+
+
+def gate_cost(repeat: int = 20_000) -> str:
+    """The `tmd` policy's decision per request, in-process: cached TMD codes and first sightings."""
+    variants = {f"e{i}": {"url": "http://127.0.0.1:9"} for i in range(16)}
+    policy = parse_config({
+        "variants": variants,
+        "routes": [{"path": "/infer", "policy": {"tmd": {"experts": list(variants)}}}],
+    }).routes["/infer"].policy  # fmt: skip
+    view = RoutingView()
+    cached = RequestInfo({"x-tmd-domain": "3", "x-tmd-task": "7", "x-tmd-modifier": "9"}, b"")
+    policy.decide(cached, view)
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        policy.decide(cached, view)
+    hot = (time.perf_counter() - t0) / repeat * 1e6
+    codes = [(d, t, m) for d in range(16) for t in range(32) for m in range(2)]  # 1,024 new codes
+    t0 = time.perf_counter()
+    for d, t, m in codes:
+        info = RequestInfo({"x-tmd-domain": str(d), "x-tmd-task": str(t),
+                            "x-tmd-modifier": str(m)}, b"")  # fmt: skip
+        policy.decide(info, view)
+    cold = (time.perf_counter() - t0) / len(codes) * 1e6
+    return (
+        f"TMD gate decision (tmd policy decide(), in-process): {hot:.1f} us per request for a "
+        f"cached TMD code, {cold:.1f} us the first time a code is seen (target < 50 us)"
+    )
+
+
 TARGETS = (
     Target("direct nginx-200", "direct", direct("nginx"), upstream="nginx"),
     Target("direct lvm-serve stub", "direct", direct("stub"), upstream="stub"),
@@ -213,6 +253,7 @@ TARGETS = (
     Target("gateway 1w, no records", "candidate", gateway_records(0)),
     Target("gateway 1w, every answer recorded", "candidate", gateway_records(1.0)),
     Target("gateway 1w, no inspect", "candidate", gateway_no_inspect),
+    Target("gateway 1w, TMD mixture top-2", "candidate", gateway_mixture),
 )
 
 
@@ -422,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = cells(rows, verdicts)
     title = f"lvm-gateway proxy benchmark: best of {rounds} wrk runs per cell"
     note = caption(verdicts, baseline)
+    note += "\n" + gate_cost()
     console.print(table(lines, title, note))
     table_md = markdown(lines, f"{title} ({time.strftime('%Y-%m-%d %H:%M %Z')})", setup, note)
     save(console, cond, rows, verdicts, baseline, duration, table_md)
