@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from lvm_gateway.errors import BadRequestError, ConfigError, UpstreamError
 from lvm_gateway.gateway.circuit import Circuits
 from lvm_gateway.gateway.config import Config, Route, load_config
-from lvm_gateway.gateway.dispatch import Dispatcher, RecorderLike
+from lvm_gateway.gateway.dispatch import Call, Dispatcher, RecorderLike
 from lvm_gateway.gateway.feedback import parse_feedback, score
 from lvm_gateway.gateway.metrics import MetricsRecorder, RolloutCollector
 from lvm_gateway.gateway.mirror import Mirror
@@ -33,7 +33,7 @@ from lvm_gateway.gateway.records import PredictionRecords
 from lvm_gateway.gateway.reload import ConfigWatcher
 from lvm_gateway.gateway.signals import lane_of
 from lvm_gateway.gateway.upstream import UpstreamPool, error_body
-from lvm_gateway.policies.base import RequestInfo, RoutingView
+from lvm_gateway.policies.base import Decision, RequestInfo, RoutingView
 
 log = logging.getLogger("lvm_gateway")
 
@@ -259,14 +259,14 @@ class GatewayApp:
         target = route.path + (
             f"?{scope['query_string'].decode()}" if scope["query_string"] else ""
         )
-        lane = lane_of(headers, body) if route.inspect else None
+        call = Call(
+            target, body, forward, request_id, lane_of(headers, body) if route.inspect else None
+        )
         if decision.mirror is not None:
-            self.mirror.submit(decision.mirror, target, body, forward, request_id, lane)
+            self.mirror.submit(decision.mirror, call)
         served = decision.variant
         try:
-            resp = await self.dispatch.serve(
-                decision, target, body, forward, request_id=request_id, lane=lane, served=True
-            )
+            resp = await self.dispatch.serve(decision, call, served=True)
         except UpstreamError as exc:
             fallback = decision.fallback if route.fallback else None
             if fallback is None:
@@ -275,9 +275,7 @@ class GatewayApp:
             self.metrics.fallback(route.path, served, fallback)
             served = fallback
             try:
-                resp = await self.dispatch.call(
-                    served, target, body, forward, request_id=request_id, lane=lane, served=True
-                )
+                resp = await self.dispatch.serve(Decision(fallback), call, served=True)
             except UpstreamError as exc2:
                 status, payload = error_body(exc2, request_id)
                 return status, payload, _JSON, served

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import orjson
@@ -35,6 +35,17 @@ class RecorderLike(Protocol):
     ) -> None: ...
 
     def incr(self, variant: str, metric: str, n: int = 1, lane: str | None = None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One client request as every upstream call made for it sends it."""
+
+    target: str  # path and query
+    body: bytes
+    headers: dict[str, str]  # forwarded headers, with X-Request-Id
+    request_id: str
+    lane: str | None  # None on routes that are not LVM inference routes: answers not inspected
 
 
 class Dispatcher:
@@ -70,7 +81,7 @@ class Dispatcher:
             self.records.add(request_id, variant, lane, prediction, served)
 
     async def _answer(
-        self, variant: str, target: str, body: bytes, headers: Mapping[str, str], lane: str | None
+        self, variant: str, call: Call, lane: str | None
     ) -> tuple[UpstreamResponse, Prediction | None]:
         """The variant's inspected answer, counted against its circuit and in its windows."""
         if self.circuits.is_open(variant):
@@ -83,7 +94,7 @@ class Dispatcher:
         self.inflight[variant] = self.inflight.get(variant, 0) + 1
         t0 = time.perf_counter()
         try:
-            resp = await client.post(target, body, dict(headers))
+            resp = await client.post(call.target, call.body, call.headers)
             inspect = lane is not None and resp.status == 200
             prediction = inspect_answer(resp.body, variant) if inspect else None
         except UpstreamError as exc:
@@ -103,72 +114,31 @@ class Dispatcher:
         self.windows.record_request(variant, elapsed, False, lane)
         return resp, prediction
 
-    async def serve(
-        self,
-        decision: Decision,
-        target: str,
-        body: bytes,
-        headers: Mapping[str, str],
-        *,
-        request_id: str,
-        lane: str | None,
-        served: bool,
-    ) -> UpstreamResponse:
-        """Carry out a policy's decision: one variant, or a mixture's fan-out."""
+    async def serve(self, decision: Decision, call: Call, served: bool) -> UpstreamResponse:
+        """Carry out a policy's decision (one variant, or a mixture's fan-out); UpstreamError,
+        after counting it, when there is no answer to give. `served`: the user sees it."""
         if decision.fanout:
             self.metrics.masked(decision.variant, decision.masked)
-            return await self.call_mixture(
-                decision.variant, decision.experts, decision.deadline_s, target, body, headers,
-                request_id=request_id, lane=lane, served=served,
-            )  # fmt: skip
-        return await self.call(
-            decision.variant, target, body, headers, request_id=request_id, lane=lane, served=served
-        )
-
-    async def call(
-        self,
-        variant: str,
-        target: str,
-        body: bytes,
-        headers: Mapping[str, str],
-        *,
-        request_id: str,
-        lane: str | None,
-        served: bool,
-    ) -> UpstreamResponse:
-        """The variant's answer; UpstreamError (after counting it) when it has none to give.
-
-        `lane` is None on routes that are not LVM inference routes: then the answer is passed
-        through uninspected.
-        """
-        resp, prediction = await self._answer(variant, target, body, headers, lane)
-        self._observe(variant, lane, request_id, prediction, served)
+            return await self._mixture(decision, call, served)
+        resp, prediction = await self._answer(decision.variant, call, call.lane)
+        self._observe(decision.variant, call.lane, call.request_id, prediction, served)
         return resp
 
-    async def call_mixture(
-        self,
-        name: str,
-        experts: tuple[tuple[str, float], ...],
-        deadline_s: float,
-        target: str,
-        body: bytes,
-        headers: Mapping[str, str],
-        *,
-        request_id: str,
-        lane: str | None,
-        served: bool,
-    ) -> UpstreamResponse:
+    async def _mixture(self, decision: Decision, call: Call, served: bool) -> UpstreamResponse:
         """Fan out to the chosen experts at once; fuse the answers that arrive by the deadline.
 
         An expert that fails or misses the deadline is masked out and the gate weights are
-        renormalised over the others; with no answer at all this is an UpstreamError of `name`.
+        renormalised over the others; with no answer at all this is an UpstreamError of the
+        mixture.
         """
+        name, experts = decision.variant, decision.experts
         if not experts:
             self.metrics.upstream_error(name, "circuit_open")
             raise CircuitOpenError(name, "every expert is masked (circuits open or at capacity)")
         t0 = time.perf_counter()
+        # Experts' answers are always inspected: fusion needs their vectors.
         calls = [
-            asyncio.wait_for(self._answer(e, target, body, headers, lane or "none"), deadline_s)
+            asyncio.wait_for(self._answer(e, call, call.lane or "none"), decision.deadline_s)
             for e, _ in experts
         ]
         results = await asyncio.gather(*calls, return_exceptions=True)
@@ -184,10 +154,10 @@ class Dispatcher:
                 self.metrics.expert(name, expert, "answered")
         elapsed = time.perf_counter() - t0
         if not answered:
-            self.windows.record_request(name, elapsed, True, lane)
+            self.windows.record_request(name, elapsed, True, call.lane)
             self.metrics.upstream_error(name, "no_expert")
             raise UpstreamTimeoutError(name, f"none of {len(experts)} experts answered in time")
         doc, fused = fuse(answered)
-        self.windows.record_request(name, elapsed, False, lane)
-        self._observe(name, lane, request_id, fused, served)
+        self.windows.record_request(name, elapsed, False, call.lane)
+        self._observe(name, call.lane, call.request_id, fused, served)
         return UpstreamResponse(200, orjson.dumps(doc), "application/json")

@@ -7,9 +7,10 @@ is reached the copy is dropped (and counted) rather than queued.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from lvm_gateway.errors import UpstreamError
-from lvm_gateway.gateway.dispatch import Dispatcher
+from lvm_gateway.gateway.dispatch import Call, Dispatcher
 from lvm_gateway.gateway.metrics import MetricsRecorder
 from lvm_gateway.policies.base import Decision
 
@@ -21,37 +22,18 @@ class Mirror:
         self.max_inflight = max_inflight
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def submit(
-        self,
-        decision: Decision,
-        target: str,
-        body: bytes,
-        headers: dict[str, str],
-        request_id: str,
-        lane: str | None,
-    ) -> None:
+    def submit(self, decision: Decision, call: Call) -> None:
         if len(self._tasks) >= self.max_inflight:
             self.metrics.mirror(decision.variant, "dropped")
             return
-        task = asyncio.create_task(
-            self._send(decision, target, body, {**headers, "x-mirror": "1"}, request_id, lane)
-        )
+        copy = replace(call, headers={**call.headers, "x-mirror": "1"})
+        task = asyncio.create_task(self._send(decision, copy))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(
-        self,
-        decision: Decision,
-        target: str,
-        body: bytes,
-        headers: dict[str, str],
-        request_id: str,
-        lane: str | None,
-    ) -> None:
+    async def _send(self, decision: Decision, call: Call) -> None:
         try:
-            await self.dispatch.serve(
-                decision, target, body, headers, request_id=request_id, lane=lane, served=False
-            )
+            await self.dispatch.serve(decision, call, served=False)
         except UpstreamError:
             self.metrics.mirror(decision.variant, "failed")
             return
