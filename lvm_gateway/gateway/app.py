@@ -12,7 +12,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 import orjson
@@ -100,7 +100,7 @@ class GatewayApp:
         self.watcher = (
             ConfigWatcher(config.source, self._reload) if watch and config.source else None
         )
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self._random = random.random
         self._started = False
 
@@ -113,15 +113,22 @@ class GatewayApp:
             self.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
         )
         await self.dataplane.start(self.config)
-        self._tasks.append(asyncio.create_task(self._flush_records()))
+        self._background(self._flush_records())
         if self.watcher is not None:
-            self._tasks.append(asyncio.create_task(self.watcher.run()))
+            self._background(self.watcher.run())
         self._started = True
 
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        # Finished tasks leave the set, so one per config reload does not accumulate.
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def shutdown(self) -> None:
-        for t in self._tasks:
+        tasks = list(self._tasks)
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.mirror.drain(timeout_s=2.0)
         await self.dataplane.stop()
         if self.redis is not None:
@@ -169,7 +176,7 @@ class GatewayApp:
         self.metrics.reload(True, time.time())
         log.info("config reloaded from %s (digest %s)", path, config.digest)
         await self.dataplane.on_config(config)
-        self._tasks.append(asyncio.create_task(self.pool.close_retired(grace_s=60.0)))
+        self._background(self.pool.close_retired(grace_s=60.0))
 
     # -- ASGI --------------------------------------------------------------------------------
 
