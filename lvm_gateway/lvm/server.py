@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import importlib
 import json
 import math
@@ -18,7 +19,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import httptools
 import numpy as np
@@ -33,6 +34,7 @@ from lvm_gateway.lvm.world import DIM, N_LANES, N_MODIFIERS, N_TASKS, World
 _TMD_LIMITS = (N_LANES, N_TASKS, N_MODIFIERS)
 Closer = Callable[[], Any]
 _N_NEIGHBORS = 10
+DEFAULT_MAX_BATCH = 16
 
 
 def parse_infer_request(body: bytes) -> tuple[np.ndarray, tuple[int, int, int] | None]:
@@ -111,16 +113,109 @@ def _nan_body(payload: dict[str, Any]) -> bytes:
     return json.dumps({**payload, "predicted_vector": vec}).encode()
 
 
+class BatchPredictor(Protocol):
+    def predict_batch(self, contexts: np.ndarray) -> np.ndarray:
+        """(batch, n, d) contexts of one length -> (batch, d) float32."""
+        ...
+
+
+class MicroBatcher:
+    """Groups concurrent predictions of one context length into one `predict_batch` call.
+
+    A request waits at most `window_s` after the first of its group arrived, or until the group
+    holds `max_batch`; the group then runs as one call on the single model thread (so the event
+    loop keeps accepting requests) and each waiter gets its own row. A failing call fails only
+    the requests of that batch. Each group being filled holds at most `max_batch` requests.
+    """
+
+    def __init__(
+        self,
+        model: BatchPredictor,
+        max_batch: int,
+        window_s: float,
+        context_length: int | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.model = model
+        self.max_batch = max_batch
+        self.window_s = window_s
+        self.context_length = context_length  # the model reads only this many recent vectors
+        self._groups: dict[int, list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._running: set[asyncio.Task[None]] = set()
+        # One model per process, one thread running it: batches run one after another.
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lvm-model")
+        self.batches = 0  # batches run, requests in them and the largest: for the log
+        self.requests = 0
+        self.largest = 0
+
+    async def predict(self, context: np.ndarray) -> np.ndarray:
+        """(n, d) context -> (d,) prediction, computed in a batch with its concurrent peers."""
+        if self.context_length is not None:
+            context = context[-self.context_length :]  # batch by the length the model reads
+        key = len(context)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[np.ndarray] = loop.create_future()
+        group = self._groups.setdefault(key, [])
+        group.append((context, fut))
+        if len(group) >= self.max_batch:
+            self._flush(key)
+        elif len(group) == 1:
+            self._timers[key] = loop.call_later(self.window_s, self._flush, key)
+        return await fut
+
+    def _flush(self, key: int) -> None:
+        group = self._groups.pop(key, None)
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if group:
+            task = asyncio.get_running_loop().create_task(self._run(group))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, group: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]) -> None:
+        self.batches += 1
+        self.requests += len(group)
+        self.largest = max(self.largest, len(group))
+        contexts = np.stack([ctx for ctx, _ in group])
+        loop = asyncio.get_running_loop()
+        try:
+            out = await loop.run_in_executor(self._pool, self.model.predict_batch, contexts)
+            if len(out) != len(group):
+                raise RuntimeError(f"predict_batch returned {len(out)} rows for {len(group)}")
+        except Exception as exc:  # handed to exactly this batch's requests
+            for _, fut in group:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (_, fut), row in zip(group, out, strict=True):
+            if not fut.done():  # a cancelled request (client gone) just drops its row
+                fut.set_result(row)
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 class InferService:
     """The `/infer` logic of the predictor profiles, apart from the HTTP framework."""
 
     def __init__(
-        self, predictor: Predictor, world: World, faults: Faults, latency_ms: float
+        self,
+        predictor: Predictor,
+        world: World,
+        faults: Faults,
+        latency_ms: float,
+        batcher: MicroBatcher | None = None,
     ) -> None:
         self.predictor = predictor
         self.world = world
         self.faults = faults
         self.latency_s = latency_ms / 1000.0
+        self.batcher = batcher
 
     async def infer(self, body: bytes) -> tuple[int, bytes]:
         t0 = time.perf_counter()
@@ -132,7 +227,13 @@ class InferService:
         if fault == "error":
             await self._pad(t0)
             return 500, _ERROR_BODY
-        vec = np.asarray(self.predictor.predict(context, tmd), dtype=np.float32)
+        if self.batcher is not None:
+            try:
+                vec = np.asarray(await self.batcher.predict(context), dtype=np.float32)
+            except Exception as exc:  # the model failed this request's batch
+                return 500, orjson.dumps({"error": f"model failed: {exc}"})
+        else:
+            vec = np.asarray(self.predictor.predict(context, tmd), dtype=np.float32)
         neighbors = self.world.neighbors(vec, _N_NEIGHBORS)
         await self._pad(t0)
         payload = {
@@ -277,6 +378,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--degrade-factor", type=float, default=DEFAULT_DEGRADE_FACTOR)
     p.add_argument("--seed", type=int, default=0, help="the synthetic world's seed")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        help="--checkpoint: most concurrent requests run as one batch (1: no batching)",
+    )
+    p.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=2.0,
+        help="--checkpoint: longest a request waits for others to batch with",
+    )
+    p.add_argument("--threads", type=int, default=1, help="--checkpoint: torch intra-op threads")
     return p
 
 
@@ -297,6 +411,12 @@ def _check(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
             p.error(f"--degrade-lane must be in 0..{N_LANES - 1}, got {lane}")
     if not 0.0 < args.degrade_factor <= 1.0:
         p.error("--degrade-factor must be in (0, 1]")
+    if args.max_batch < 1:
+        p.error("--max-batch must be >= 1")
+    if args.batch_window_ms < 0:
+        p.error("--batch-window-ms must be >= 0")
+    if args.threads < 1:
+        p.error("--threads must be >= 1")
 
 
 async def _listen(args: argparse.Namespace, world: World) -> tuple[str, int, Closer]:
@@ -313,15 +433,42 @@ async def _listen(args: argparse.Namespace, world: World) -> tuple[str, int, Clo
             lambda: StubProtocol(responses), args.host, args.port, backlog=1024
         )
         return "stub", server.sockets[0].getsockname()[1], server.close
+    batcher = None
     if args.checkpoint:
+        _set_torch_threads(args.threads)
         predictor = _load_checkpoint(args.checkpoint)
+        if args.max_batch > 1 and hasattr(predictor, "predict_batch"):
+            batcher = MicroBatcher(
+                predictor,  # type: ignore[arg-type]
+                args.max_batch,
+                args.batch_window_ms / 1000.0,
+                getattr(predictor, "context_length", None),
+            )
     else:
         degrade = {lane: args.degrade_factor for lane in args.degrade_lane}
         predictor = analytic(profile.name, world, degrade)
-    runner = web.AppRunner(build_app(InferService(predictor, world, faults, latency)))
+    service = InferService(predictor, world, faults, latency, batcher)
+    runner = web.AppRunner(build_app(service))
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port, backlog=1024).start()
-    return predictor.model_type, runner.addresses[0][1], runner.cleanup
+
+    async def close() -> None:
+        await runner.cleanup()
+        if batcher is not None:
+            batcher.close()
+            print(
+                f"lvm-serve: {batcher.requests} requests in {batcher.batches} batches"
+                f" (largest {batcher.largest})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return predictor.model_type, runner.addresses[0][1], close
+
+
+def _set_torch_threads(n: int) -> None:
+    torch = importlib.import_module("torch")
+    torch.set_num_threads(n)
 
 
 async def _serve(args: argparse.Namespace) -> None:
