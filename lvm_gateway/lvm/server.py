@@ -122,10 +122,12 @@ class BatchPredictor(Protocol):
 class MicroBatcher:
     """Groups concurrent predictions of one context length into one `predict_batch` call.
 
-    A request waits at most `window_s` after the first of its group arrived, or until the group
-    holds `max_batch`; the group then runs as one call on the single model thread (so the event
-    loop keeps accepting requests) and each waiter gets its own row. A failing call fails only
-    the requests of that batch. Each group being filled holds at most `max_batch` requests.
+    A request finding the model idle runs at once (waiting would only add latency). Otherwise
+    it joins the group of its length, which runs when the model frees up, when it holds
+    `max_batch`, or `window_s` after its first request arrived, whichever is first. A group runs
+    as one call on the single model thread (so the event loop keeps accepting requests) and each
+    waiter gets its own row. A failing call fails only the requests of that batch. Each group
+    being filled holds at most `max_batch` requests.
     """
 
     def __init__(
@@ -144,6 +146,7 @@ class MicroBatcher:
         self._groups: dict[int, list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._running: set[asyncio.Task[None]] = set()
+        self._inflight = 0  # batches handed to the model thread and not yet answered
         # One model per process, one thread running it: batches run one after another.
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lvm-model")
         self.batches = 0  # batches run, requests in them and the largest: for the log
@@ -159,8 +162,8 @@ class MicroBatcher:
         fut: asyncio.Future[np.ndarray] = loop.create_future()
         group = self._groups.setdefault(key, [])
         group.append((context, fut))
-        if len(group) >= self.max_batch:
-            self._flush(key)
+        if len(group) >= self.max_batch or self._inflight == 0:
+            self._flush(key)  # full, or the model is idle: waiting would only add latency
         elif len(group) == 1:
             self._timers[key] = loop.call_later(self.window_s, self._flush, key)
         return await fut
@@ -171,6 +174,7 @@ class MicroBatcher:
         if timer is not None:
             timer.cancel()
         if group:
+            self._inflight += 1
             task = asyncio.get_running_loop().create_task(self._run(group))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -190,6 +194,11 @@ class MicroBatcher:
                 if not fut.done():
                     fut.set_exception(exc)
             return
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                for key in list(self._groups):  # the model is free: what waited goes now
+                    self._flush(key)
         for (_, fut), row in zip(group, out, strict=True):
             if not fut.done():  # a cancelled request (client gone) just drops its row
                 fut.set_result(row)

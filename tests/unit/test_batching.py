@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -52,17 +53,20 @@ def test_groups_by_length_and_returns_each_callers_row():
     out = run(MicroBatcher(model, max_batch=16, window_s=0.01), ctxs)
     for ctx, row in zip(ctxs, out, strict=True):
         np.testing.assert_array_equal(row, ctx[-1])
-    assert sorted(s[:2] for s in model.shapes) == [(1, 1), (2, 5), (3, 3)]
+    # The first request finds the model idle and runs alone; the rest wait for it, by length.
+    assert model.shapes[0][:2] == (1, 3)
+    assert sorted(s[:2] for s in model.shapes[1:]) == [(1, 1), (2, 3), (2, 5)]
     assert all(name.startswith("lvm-model") for name in model.threads)
 
 
 def test_a_full_group_runs_at_once_and_never_exceeds_max_batch():
     model = Recorder()
-    batcher = MicroBatcher(model, max_batch=4, window_s=10.0)  # only fullness can flush
+    batcher = MicroBatcher(model, max_batch=4, window_s=10.0)  # the window never expires
     ctxs = contexts([2] * 8)
     out = run(batcher, ctxs)
-    assert [s[0] for s in model.shapes] == [4, 4]
-    assert (batcher.batches, batcher.requests, batcher.largest) == (2, 8, 4)
+    # One runs at once (idle model), four run as soon as the group is full, three once it frees.
+    assert [s[0] for s in model.shapes] == [1, 4, 3]
+    assert (batcher.batches, batcher.requests, batcher.largest) == (3, 8, 4)
     for ctx, row in zip(ctxs, out, strict=True):
         np.testing.assert_array_equal(row, ctx[-1])
 
@@ -78,11 +82,35 @@ def test_a_failing_batch_fails_only_its_own_requests():
 
 def test_contexts_longer_than_the_model_reads_share_a_batch():
     model = Recorder()
-    ctxs = contexts([6, 9, 2])
+    ctxs = contexts([6, 9, 7, 2])
     out = run(MicroBatcher(model, max_batch=16, window_s=0.005, context_length=4), ctxs)
-    assert sorted(s[:2] for s in model.shapes) == [(1, 2), (2, 4)]
+    assert sorted(s[:2] for s in model.shapes) == [(1, 2), (1, 4), (2, 4)]
     for ctx, row in zip(ctxs, out, strict=True):
         np.testing.assert_array_equal(row, ctx[-1])
+
+
+def test_the_window_bounds_the_wait_behind_a_busy_model():
+    class Slow(Recorder):
+        def predict_batch(self, contexts: np.ndarray) -> np.ndarray:
+            if not self.shapes:
+                time.sleep(0.5)  # the first batch holds the model thread
+            return super().predict_batch(contexts)
+
+    model = Slow()
+
+    async def go() -> None:
+        batcher = MicroBatcher(model, max_batch=16, window_s=0.01)
+        first = asyncio.ensure_future(batcher.predict(contexts([3])[0]))
+        await asyncio.sleep(0.05)
+        pair = [asyncio.ensure_future(batcher.predict(c)) for c in contexts([2, 2])]
+        await asyncio.sleep(0.1)  # the pair's window has passed: handed to the model thread
+        late = asyncio.ensure_future(batcher.predict(contexts([2])[0]))
+        await asyncio.gather(first, *pair, late)
+        batcher.close()
+
+    asyncio.run(go())
+    # Without the window the pair would have waited for the model and taken the late one along.
+    assert [s[:2] for s in model.shapes] == [(1, 3), (2, 2), (1, 2)]
 
 
 def test_max_batch_must_be_positive():
