@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import orjson
 
-from lvm_gateway.procs import free_port, start, stop
+from lvm_gateway.procs import free_port, start, stop, wait_http
 
 DIM = 768
 
@@ -29,17 +29,29 @@ def infer_body(n: int = 3, seed: int = 0, tmd: tuple[int, int, int] | None = Non
 
 @contextmanager
 def model_server(profile: str, *extra: str, log_dir: Path | None = None) -> Iterator[str]:
-    port = free_port()
-    log = log_dir / f"lvm-serve-{profile}-{port}.log" if log_dir else None
-    proc = start(
-        ["lvm-serve", "--profile", profile, "--port", str(port), *extra],
-        health_url=f"http://127.0.0.1:{port}/health",
-        log=log,
-    )
+    with model_servers({profile: [profile, *extra]}, log_dir) as urls:
+        yield urls[profile]
+
+
+@contextmanager
+def model_servers(
+    specs: dict[str, list[str]], log_dir: Path | None = None
+) -> Iterator[dict[str, str]]:
+    """Named `lvm-serve` processes (`--profile` first in each spec), started in parallel."""
+    ports = {name: free_port() for name in specs}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        yield f"http://127.0.0.1:{port}"
+        for name, (profile, *extra) in specs.items():
+            procs[name] = start(
+                ["lvm-serve", "--profile", profile, "--port", str(ports[name]), *extra],
+                log=log_dir / f"lvm-serve-{name}-{ports[name]}.log" if log_dir else None,
+            )
+        for name, proc in procs.items():
+            wait_http(f"http://127.0.0.1:{ports[name]}/health", 20, proc)
+        yield {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     finally:
-        stop(proc)
+        for proc in procs.values():
+            stop(proc)
 
 
 class Gateway:

@@ -10,20 +10,20 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.integration.gateway_env import Gateway, gateway, infer_body, model_server
+from tests.integration.gateway_env import Gateway, gateway, infer_body, model_servers
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    logs = tmp_path_factory.mktemp("servers")
-    with (
-        model_server("phase1", "--latency-ms", "0", log_dir=logs) as p1,
-        model_server("phase2", "--latency-ms", "0", log_dir=logs) as p2,
-        model_server("phase2", "--latency-ms", "0", "--nan-rate", "1", log_dir=logs) as nan,
-    ):
-        yield {"phase1": p1, "phase2": p2, "nan": nan}
+    specs = {
+        "phase1": ["phase1", "--latency-ms", "0"],
+        "phase2": ["phase2", "--latency-ms", "0"],
+        "nan": ["phase2", "--latency-ms", "0", "--nan-rate", "1"],
+    }
+    with model_servers(specs, tmp_path_factory.mktemp("servers")) as urls:
+        yield urls
 
 
 def config(

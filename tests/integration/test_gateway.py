@@ -13,22 +13,22 @@ import httpx
 import pytest
 
 from lvm_gateway.procs import free_port
-from tests.integration.gateway_env import Gateway, gateway, infer_body, model_server
+from tests.integration.gateway_env import Gateway, gateway, infer_body, model_servers
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    logs = tmp_path_factory.mktemp("servers")
-    with (
-        model_server("phase1", "--latency-ms", "0", log_dir=logs) as p1,
-        model_server("phase2", "--latency-ms", "0", log_dir=logs) as p2,
-        model_server("stub", "--latency-ms", "300", log_dir=logs) as slow,
-        model_server("stub", "--error-rate", "1", log_dir=logs) as broken,
-        model_server("stub", log_dir=logs) as mirror,
-    ):
-        yield {"phase1": p1, "phase2": p2, "slow": slow, "broken": broken, "mirror": mirror}
+    specs = {
+        "phase1": ["phase1", "--latency-ms", "0"],
+        "phase2": ["phase2", "--latency-ms", "0"],
+        "slow": ["stub", "--latency-ms", "300"],
+        "broken": ["stub", "--error-rate", "1"],
+        "mirror": ["stub"],
+    }
+    with model_servers(specs, tmp_path_factory.mktemp("servers")) as urls:
+        yield urls
 
 
 def config(

@@ -31,7 +31,7 @@ from lvm_gateway.procs import BIN
 from lvm_gateway.rollout import ops
 from lvm_gateway.rollout.model import Phase, RolloutStatus
 from lvm_gateway.rollout.store import RolloutStore
-from tests.integration.gateway_env import Gateway, gateway, model_server
+from tests.integration.gateway_env import Gateway, gateway, model_servers
 from tests.rolloutkit import rollout_store
 
 pytestmark = pytest.mark.integration
@@ -49,15 +49,15 @@ ROLLBACK = {"p95_ms_max": 2000, "error_rate_max": 0.5, "hit5_min": 0.25, "lane_d
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    logs = tmp_path_factory.mktemp("servers")
-    with (
-        model_server("phase2", "--latency-ms", "0", log_dir=logs) as stable,
-        model_server("phase2", "--latency-ms", "0", log_dir=logs) as good,
-        model_server("phase2", "--latency-ms", "0", *EVERY_LANE, log_dir=logs) as degraded,
-        model_server("phase2", "--latency-ms", "0", "--degrade-lane", "3", log_dir=logs) as lane3,
-        model_server("phase2", "--latency-ms", "0", "--nan-rate", "0.3", log_dir=logs) as nan,
-    ):
-        yield {"stable": stable, "good": good, "degraded": degraded, "lane3": lane3, "nan": nan}
+    specs = {
+        "stable": ["phase2", "--latency-ms", "0"],
+        "good": ["phase2", "--latency-ms", "0"],
+        "degraded": ["phase2", "--latency-ms", "0", *EVERY_LANE],
+        "lane3": ["phase2", "--latency-ms", "0", "--degrade-lane", "3"],
+        "nan": ["phase2", "--latency-ms", "0", "--nan-rate", "0.3"],
+    }
+    with model_servers(specs, tmp_path_factory.mktemp("servers")) as urls:
+        yield urls
 
 
 def write_policy(tmp: Path, stable_url: str, canary_url: str, **rollout: Any) -> Path:

@@ -22,7 +22,7 @@ from lvm_gateway.redisconn import start_redis_server
 from lvm_gateway.rollout import ops
 from lvm_gateway.rollout.model import Phase, RolloutStatus
 from lvm_gateway.rollout.store import RolloutStore, open_client
-from tests.integration.gateway_env import gateway, infer_body, model_server
+from tests.integration.gateway_env import gateway, infer_body, model_servers
 from tests.rolloutkit import rollout_store, write_policy
 
 pytestmark = pytest.mark.integration
@@ -38,13 +38,13 @@ THRESHOLDS = {
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    logs = tmp_path_factory.mktemp("servers")
-    with (
-        model_server("phase1", "--latency-ms", "0", log_dir=logs) as p1,
-        model_server("phase2", "--latency-ms", "0", log_dir=logs) as p2,
-        model_server("phase2", "--latency-ms", "250", log_dir=logs) as slow,
-    ):
-        yield {"phase1": p1, "phase2": p2, "slow": slow}
+    specs = {
+        "phase1": ["phase1", "--latency-ms", "0"],
+        "phase2": ["phase2", "--latency-ms", "0"],
+        "slow": ["phase2", "--latency-ms", "250"],
+    }
+    with model_servers(specs, tmp_path_factory.mktemp("servers")) as urls:
+        yield urls
 
 
 @dataclass
