@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -118,7 +118,10 @@ class Config:
     routes: Mapping[str, Route]
     source: str = ""
     digest: str = ""
-    variants: Mapping[str, VariantSpec] = field(default_factory=dict)
+
+    @property
+    def variants(self) -> Mapping[str, VariantSpec]:
+        return MappingProxyType(self.spec.variants)
 
     @property
     def rollouts(self) -> Mapping[str, RolloutSpec]:
@@ -247,7 +250,6 @@ def parse_config(data: Any, source: str = "") -> Config:
         routes=MappingProxyType(routes),
         source=source,
         digest=hashlib.sha256(repr(data).encode()).hexdigest()[:12],
-        variants=MappingProxyType(dict(spec.variants)),
     )
 
 
