@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.harness import REQUEST_BODY, Harness, Load, conditions, run_wrk, stop_on_signals
-from lvm_gateway.gateway.config import parse_config
+from lvm_gateway.config.load import parse_config
 from lvm_gateway.policies.base import RequestInfo, RoutingView
 from lvm_gateway.procs import free_port
 from lvm_gateway.redisconn import start_redis_server

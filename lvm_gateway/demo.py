@@ -39,10 +39,10 @@ from rich.table import Table
 
 from lvm_gateway.lvm.traffic import TrafficConfig, TrafficReport, render, run_traffic
 from lvm_gateway.procs import free_port, start, stop, wait_http
-from lvm_gateway.redisconn import ensure_embedded, home_dir
+from lvm_gateway.redisconn import ensure_embedded, home_dir, open_client
 from lvm_gateway.rollout import ops
 from lvm_gateway.rollout.cli import status_table
-from lvm_gateway.rollout.store import RolloutStore, open_client
+from lvm_gateway.rollout.store import RolloutStore
 
 console = Console()
 PREFIX = "demo"

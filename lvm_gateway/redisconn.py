@@ -13,8 +13,17 @@ import time
 from pathlib import Path
 
 import redis
+import redis.asyncio as aioredis
 
 from lvm_gateway.errors import RedisUnavailableError
+
+
+def open_client(url: str, timeout_s: float = 2.0) -> aioredis.Redis:
+    """The async client every part uses: fails fast when Redis is unreachable instead of hanging
+    a command."""
+    return aioredis.Redis.from_url(
+        url, socket_connect_timeout=min(timeout_s, 1.0), socket_timeout=timeout_s
+    )
 
 
 def home_dir() -> Path:

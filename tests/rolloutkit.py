@@ -9,9 +9,10 @@ from typing import Any
 
 import yaml
 
-from lvm_gateway.gateway.config import load_config
-from lvm_gateway.rollout.store import RolloutStore, open_client
-from lvm_gateway.rollout.windows import WindowRecorder
+from lvm_gateway.config.load import load_config
+from lvm_gateway.redisconn import open_client
+from lvm_gateway.rollout.agent.recorder import WindowRecorder
+from lvm_gateway.rollout.store import RolloutStore
 
 
 def write_policy(

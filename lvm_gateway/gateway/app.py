@@ -22,18 +22,19 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 from redis.exceptions import RedisError
 
+from lvm_gateway.config.load import Config, Route, load_config
+from lvm_gateway.config.spec import FEEDBACK_PATH, HEALTH_PATH, METRICS_PATH, READY_PATH
 from lvm_gateway.errors import BadRequestError, ConfigError, UpstreamError
 from lvm_gateway.gateway.circuit import Circuits
-from lvm_gateway.gateway.config import Config, Route, load_config
 from lvm_gateway.gateway.dispatch import Call, Dispatcher, RecorderLike
-from lvm_gateway.gateway.feedback import parse_feedback, score
-from lvm_gateway.gateway.metrics import MetricsRecorder, RolloutCollector
+from lvm_gateway.gateway.feedback import FeedbackIntake
+from lvm_gateway.gateway.metrics import MetricsRecorder, RecordsCollector, RolloutCollector
 from lvm_gateway.gateway.mirror import Mirror
 from lvm_gateway.gateway.records import PredictionRecords
 from lvm_gateway.gateway.reload import ConfigWatcher
-from lvm_gateway.gateway.signals import lane_of
 from lvm_gateway.gateway.upstream import UpstreamPool, error_body
 from lvm_gateway.policies.base import Decision, RequestInfo, RoutingView
+from lvm_gateway.redisconn import open_client
 
 log = logging.getLogger("lvm_gateway")
 
@@ -42,12 +43,16 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
-# Not forwarded upstream: hop-by-hop headers, and those aiohttp sets itself.
+# Not forwarded upstream: hop-by-hop headers, and the framing headers the upstream client sets.
 _DROP_HEADERS = frozenset(
     {"host", "connection", "keep-alive", "content-length", "transfer-encoding", "upgrade",
      "proxy-connection", "te", "trailer", "expect"}
 )  # fmt: skip
 _JSON = b"application/json"
+
+Headers = tuple[tuple[bytes, bytes], ...]
+# A fixed endpoint: (scope, receive) -> (status, body, content type, extra headers).
+Endpoint = Callable[[Scope, Receive], Awaitable[tuple[int, bytes, bytes]]]
 
 
 class DataPlaneLike(Protocol):
@@ -96,6 +101,9 @@ class GatewayApp:
         self.dispatch = Dispatcher(
             self.pool, self.circuits, self.metrics, dataplane.recorder, self.records
         )
+        self.records_collector = RecordsCollector(lambda: self.records.dropped)
+        self.registry.register(self.records_collector)
+        self.feedback = FeedbackIntake(self.records, dataplane.recorder, self.metrics)
         self.mirror = Mirror(self.dispatch, self.metrics, config.spec.mirror_max_inflight)
         self.watcher = (
             ConfigWatcher(config.source, self._reload) if watch and config.source else None
@@ -103,15 +111,21 @@ class GatewayApp:
         self._tasks: set[asyncio.Task[None]] = set()
         self._random = random.random
         self._started = False
+        # The fixed endpoints: path -> (methods, handler). Configured routes may not take these
+        # paths (config.spec.RESERVED_PATHS).
+        self._fixed: dict[str, tuple[frozenset[str], Endpoint]] = {
+            FEEDBACK_PATH: (frozenset({"POST"}), self._feedback_http),
+            HEALTH_PATH: (frozenset({"GET", "HEAD"}), self._healthz),
+            READY_PATH: (frozenset({"GET", "HEAD"}), self._readyz),
+            METRICS_PATH: (frozenset({"GET", "HEAD"}), self._metrics),
+        }
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def startup(self) -> None:
         self._apply(self.config)
         self.metrics.reload(True, time.time())
-        self.redis = aioredis.Redis.from_url(
-            self.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
-        )
+        self.redis = open_client(self.redis_url, timeout_s=1.0)
         await self.dataplane.start(self.config)
         self._background(self._flush_records())
         if self.watcher is not None:
@@ -207,20 +221,17 @@ class GatewayApp:
         path: str = scope["path"]
         route = self.config.routes.get(path)
         if route is None:
-            if path == "/v1/feedback":
-                status, body = await self._feedback_http(scope, receive)
-                await _respond(send, status, body, _JSON, ())
-                return
-            status, body, ctype = self._builtin(path, scope["method"])
-            await _respond(send, status, body, ctype, ())
+            await self._fixed_endpoint(path, scope, receive, send)
             return
         started = time.perf_counter()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = headers.get("x-request-id") or os.urandom(12).hex()
         variant = "none"
+        extra: Headers = ()
         try:
             if scope["method"] not in route.methods:
                 allowed = ", ".join(sorted(route.methods))
+                extra += ((b"allow", allowed.encode()),)
                 raise BadRequestError(
                     f"{scope['method']} not allowed on {path}; use {allowed}", status=405
                 )
@@ -245,7 +256,7 @@ class GatewayApp:
                 },
             )
             ctype = _JSON
-        extra = ((b"x-request-id", request_id.encode()), (b"x-variant", variant.encode()))
+        extra += ((b"x-request-id", request_id.encode()), (b"x-variant", variant.encode()))
         await _respond(send, status, payload, ctype, extra)
         self.metrics.request(path, variant, status, time.perf_counter() - started)
 
@@ -260,15 +271,14 @@ class GatewayApp:
             draw=self._random(),
             mirror_draw=self._random(),
         )
-        decision = route.policy.decide(RequestInfo(headers, body), view)
+        request = RequestInfo(headers, body)
+        decision = route.policy.decide(request, view)
         forward = {k: v for k, v in headers.items() if k not in _DROP_HEADERS}
         forward["x-request-id"] = request_id
         target = route.path + (
             f"?{scope['query_string'].decode()}" if scope["query_string"] else ""
         )
-        call = Call(
-            target, body, forward, request_id, lane_of(headers, body) if route.inspect else None
-        )
+        call = Call(target, body, forward, request_id, request.lane() if route.inspect else None)
         if decision.mirror is not None:
             self.mirror.submit(decision.mirror, call)
         served = decision.variant
@@ -288,77 +298,56 @@ class GatewayApp:
                 return status, payload, _JSON, served
         return resp.status, resp.body, resp.content_type.encode() or _JSON, served
 
-    async def _feedback(self, body: bytes) -> tuple[int, bytes]:
-        fb = parse_feedback(body)
+    # -- fixed endpoints ---------------------------------------------------------------------
+
+    async def _fixed_endpoint(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
+        entry = self._fixed.get(path)
+        if entry is None:
+            status, body = _json(404, {
+                "error": "not_found",
+                "message": f"no route for {path}",
+                "routes": sorted(self.config.routes),
+            })  # fmt: skip
+            await _respond(send, status, body, _JSON, ())
+            return
+        methods, handler = entry
+        if scope["method"] not in methods:
+            allowed = ", ".join(sorted(methods))
+            status, body = _json(405, {
+                "error": "method_not_allowed",
+                "message": f"{scope['method']} not allowed on {path}; use {allowed}",
+            })  # fmt: skip
+            if path == FEEDBACK_PATH:
+                self.metrics.feedback("rejected")
+            await _respond(send, status, body, _JSON, ((b"allow", allowed.encode()),))
+            return
+        status, body, ctype = await handler(scope, receive)
+        await _respond(send, status, body, ctype, ())
+
+    async def _feedback_http(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
         assert self.redis is not None
-        spec = self.config.spec.feedback
         try:
-            record = await self.records.fetch(self.redis, fb.request_id)
-            if record is None:
-                return _json(404, {
-                    "error": "not_found",
-                    "message": f"no prediction recorded for request_id {fb.request_id!r}: unknown,"
-                    f" expired (kept {spec.ttl_seconds:g} s) or not sampled"
-                    f" (sample_rate {spec.sample_rate:g})",
-                })  # fmt: skip
-            # Across replicas, the first feedback for a request id wins; repeats count nothing.
-            first = await self.redis.set(
-                f"{self.config.spec.redis_prefix}:fb:{fb.request_id}", 1, nx=True,
-                px=int(spec.ttl_seconds * 1000),
-            )  # fmt: skip
+            status, payload = await self.feedback.receive(
+                self.redis, await _read_body(receive), self.config.spec.feedback
+            )
+        except BadRequestError as exc:
+            self.metrics.feedback("rejected")
+            status, payload = exc.status, {"error": "bad_request", "message": str(exc)}
         except (RedisError, OSError) as exc:
-            return _json(
+            status, payload = (
                 503,
                 {
                     "error": "redis_unavailable",
                     "message": f"feedback store unreachable, retry later: {exc}",
                 },
             )
-        if not first:
-            self.metrics.feedback("duplicate")
-            return _json(200, {"request_id": fb.request_id, "duplicate": True, "recorded": []})
-        scores = score(record, fb)
-        for s in scores:
-            self.dataplane.recorder.incr(s.variant, "feedback", lane=record.lane)
-            for k, hit in s.hits.items():
-                if hit:
-                    self.dataplane.recorder.incr(s.variant, f"hit{k}", lane=record.lane)
-            self.metrics.hits(s.variant, record.lane, s.hits)
-        self.metrics.feedback("recorded")
-        return _json(202, {
-            "request_id": fb.request_id,
-            "lane": record.lane,
-            "duplicate": False,
-            "recorded": [s.as_json() for s in scores],
-        })  # fmt: skip
+        return status, orjson.dumps(payload), _JSON
 
-    # -- fixed endpoints ---------------------------------------------------------------------
+    async def _healthz(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
+        return 200, b'{"status":"ok"}', _JSON
 
-    async def _feedback_http(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
-        try:
-            if scope["method"] != "POST":
-                raise BadRequestError("use POST for /v1/feedback", status=405)
-            return await self._feedback(await _read_body(receive))
-        except BadRequestError as exc:
-            self.metrics.feedback("rejected")
-            return _json(exc.status, {"error": "bad_request", "message": str(exc)})
-
-    def _builtin(self, path: str, method: str) -> tuple[int, bytes, bytes]:
-        if path == "/healthz":
-            return 200, b'{"status":"ok"}', _JSON
-        if path == "/readyz":
-            return self._readyz()
-        if path == "/metrics":
-            return 200, generate_latest(self._exposed_registry()), CONTENT_TYPE_LATEST.encode()
-        status, body = _json(
-            404,
-            {
-                "error": "not_found",
-                "message": f"no route for {path}",
-                "routes": sorted(self.config.routes),
-            },
-        )
-        return status, body, _JSON
+    async def _metrics(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
+        return 200, generate_latest(self._exposed_registry()), CONTENT_TYPE_LATEST.encode()
 
     def _exposed_registry(self) -> CollectorRegistry:
         # With --workers N every worker writes its samples to shared files; any worker answers
@@ -368,9 +357,10 @@ class GatewayApp:
         merged = CollectorRegistry()
         MultiProcessCollector(merged)
         merged.register(self.rollout_collector)
+        merged.register(self.records_collector)
         return merged
 
-    def _readyz(self) -> tuple[int, bytes, bytes]:
+    async def _readyz(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
         # Degraded (no Redis) still serves with the last known weights, so it stays in rotation.
         if not self._started:
             return 503, b'{"status":"starting"}', _JSON
@@ -400,9 +390,7 @@ async def _read_body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-async def _respond(
-    send: Send, status: int, body: bytes, ctype: bytes, extra: tuple[tuple[bytes, bytes], ...]
-) -> None:
+async def _respond(send: Send, status: int, body: bytes, ctype: bytes, extra: Headers) -> None:
     await send({
         "type": "http.response.start",
         "status": status,

@@ -11,7 +11,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from lvm_gateway.gateway.config import CircuitSpec
+from lvm_gateway.config.spec import CircuitSpec
 
 
 class Breaker:

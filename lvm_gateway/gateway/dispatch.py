@@ -14,6 +14,7 @@ from typing import Protocol
 
 import orjson
 
+from lvm_gateway.contract.windows import EMPTY, INVALID
 from lvm_gateway.errors import (
     CircuitOpenError,
     UpstreamConnectError,
@@ -54,13 +55,13 @@ class Dispatcher:
         pool: UpstreamPool,
         circuits: Circuits,
         metrics: MetricsRecorder,
-        windows: RecorderLike,
+        recorder: RecorderLike,
         records: PredictionRecords,
     ) -> None:
         self.pool = pool
         self.circuits = circuits
         self.metrics = metrics
-        self.windows = windows
+        self.windows = recorder
         self.records = records
         self.inflight: dict[str, int] = {}  # read by policies (expert capacity) via RoutingView
 
@@ -75,7 +76,7 @@ class Dispatcher:
         if prediction is None or lane is None:
             return
         if prediction.empty:
-            self.windows.incr(variant, "empty", lane=lane)
+            self.windows.incr(variant, EMPTY, lane=lane)
             self.metrics.empty_hit(variant, lane)
         if self.records.sampled(request_id):
             self.records.add(request_id, variant, lane, prediction, served)
@@ -103,7 +104,7 @@ class Dispatcher:
             self.metrics.upstream_error(variant, exc.kind)
             self.metrics.upstream(variant, elapsed)
             if exc.kind == "invalid_prediction":
-                self.windows.incr(variant, "invalid", lane=lane)
+                self.windows.incr(variant, INVALID, lane=lane)
             self.windows.record_request(variant, elapsed, True, lane)
             raise
         finally:

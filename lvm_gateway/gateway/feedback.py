@@ -1,8 +1,11 @@
-"""User feedback: parse it strictly, score the recorded answers with the seed's Hit@K proxy.
+"""User feedback: parse it strictly, score the recorded answers with the seed's Hit@K proxy,
+count the scores.
 
 `{"request_id", "clicked_vector": [768]}` is scored by cosine (> 0.8 / 0.6 / 0.4 is a hit at
 1 / 5 / 10); `{"request_id", "clicked_id"}` exactly, against the neighbour ids the variant
-returned (a hit at k when the id is among the first k). Both pure; the app does the I/O.
+returned (a hit at k when the id is among the first k). `parse_feedback` and `score` are pure;
+`FeedbackIntake` does the I/O around them: the record lookup, the once-only key across
+replicas, the window counters and the Prometheus metrics.
 """
 
 from __future__ import annotations
@@ -12,10 +15,15 @@ from typing import Any
 
 import numpy as np
 import orjson
+import redis.asyncio as aioredis
 
+from lvm_gateway.config.spec import FeedbackSpec
+from lvm_gateway.contract.lvm import DIM, cosine, cosine_hits, id_hits
+from lvm_gateway.contract.windows import FEEDBACK, HITS
 from lvm_gateway.errors import BadRequestError
-from lvm_gateway.gateway.records import Record
-from lvm_gateway.lvm.world import DIM, cosine, cosine_hits, id_hits
+from lvm_gateway.gateway.dispatch import RecorderLike
+from lvm_gateway.gateway.metrics import MetricsRecorder
+from lvm_gateway.gateway.records import PredictionRecords, Record
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +97,51 @@ def score(record: Record, fb: Feedback) -> list[Score]:
             hits, cos = id_hits(fb.clicked_id, answer.neighbor_ids), None
         out.append(Score(variant, variant != record.served, hits, cos))
     return out
+
+
+class FeedbackIntake:
+    """POST /v1/feedback behind the HTTP layer: (status, JSON payload) for a body."""
+
+    def __init__(
+        self, records: PredictionRecords, windows: RecorderLike, metrics: MetricsRecorder
+    ) -> None:
+        self.records = records
+        self.windows = windows
+        self.metrics = metrics
+
+    async def receive(
+        self, client: aioredis.Redis, body: bytes, spec: FeedbackSpec
+    ) -> tuple[int, dict[str, Any]]:
+        """Score a feedback post; BadRequestError for a malformed one, RedisError/OSError when
+        the store is unreachable."""
+        fb = parse_feedback(body)
+        record = await self.records.fetch(client, fb.request_id)
+        if record is None:
+            return 404, {
+                "error": "not_found",
+                "message": f"no prediction recorded for request_id {fb.request_id!r}: unknown,"
+                f" expired (kept {spec.ttl_seconds:g} s) or not sampled"
+                f" (sample_rate {spec.sample_rate:g})",
+            }
+        # Across replicas, the first feedback for a request id wins; repeats count nothing.
+        first = await client.set(
+            self.records.keys.feedback_seen(fb.request_id), 1, nx=True,
+            px=int(spec.ttl_seconds * 1000),
+        )  # fmt: skip
+        if not first:
+            self.metrics.feedback("duplicate")
+            return 200, {"request_id": fb.request_id, "duplicate": True, "recorded": []}
+        scores = score(record, fb)
+        for s in scores:
+            self.windows.incr(s.variant, FEEDBACK, lane=record.lane)
+            for k, hit in s.hits.items():
+                if hit:
+                    self.windows.incr(s.variant, HITS[k], lane=record.lane)
+            self.metrics.hits(s.variant, record.lane, s.hits)
+        self.metrics.feedback("recorded")
+        return 202, {
+            "request_id": fb.request_id,
+            "lane": record.lane,
+            "duplicate": False,
+            "recorded": [s.as_json() for s in scores],
+        }

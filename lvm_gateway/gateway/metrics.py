@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 # `_created` series double the exposition size and no dashboard here uses them.
@@ -46,6 +46,21 @@ class RolloutCollector(Collector):
             "lvmgw_redis_connected",
             "1 while this process reaches Redis; 0 means it serves with the last known weights.",
             value=1.0 if self.connected() else 0.0,
+        )
+
+
+class RecordsCollector(Collector):
+    """Read at scrape time: prediction records this process had to drop (Redis unreachable for
+    longer than its buffer holds), so feedback for them will find nothing."""
+
+    def __init__(self, dropped: Callable[[], int]) -> None:
+        self.dropped = dropped
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "lvmgw_prediction_records_dropped",
+            "Sampled prediction records dropped from a full buffer before reaching Redis.",
+            value=float(self.dropped()),
         )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import redis.asyncio as aioredis
 
+from lvm_gateway.contract.keys import RedisKeys
 from lvm_gateway.gateway.signals import Prediction
 
 _SEP = "\x1f"
@@ -71,7 +72,7 @@ class Record:
 
 class PredictionRecords:
     def __init__(self, prefix: str, ttl_s: float, sample_rate: float) -> None:
-        self.prefix = prefix
+        self.keys = RedisKeys(prefix)
         self.ttl_ms = int(ttl_s * 1000)
         self.threshold = int(sample_rate * 10_000)
         self._pending: dict[str, dict[str, bytes | str]] = {}
@@ -80,11 +81,8 @@ class PredictionRecords:
         self.dropped = 0
 
     def configure(self, prefix: str, ttl_s: float, sample_rate: float) -> None:
-        self.prefix, self.ttl_ms = prefix, int(ttl_s * 1000)
+        self.keys, self.ttl_ms = RedisKeys(prefix), int(ttl_s * 1000)
         self.threshold = int(sample_rate * 10_000)
-
-    def key(self, request_id: str) -> str:
-        return f"{self.prefix}:pred:{request_id}"
 
     def sampled(self, request_id: str) -> bool:
         # By hash of the id, so the served answer and its shadows are kept or skipped together.
@@ -113,7 +111,7 @@ class PredictionRecords:
                 keys: list[str] = []
                 args: list[bytes | str | int] = [self.ttl_ms]
                 for rid, fields in items[start : start + FLUSH_CHUNK]:
-                    keys.append(self.key(rid))
+                    keys.append(self.keys.prediction(rid))
                     args.append(len(fields))
                     for name, value in fields.items():
                         args += (name, value)
@@ -130,7 +128,7 @@ class PredictionRecords:
     async def fetch(self, client: aioredis.Redis, request_id: str) -> Record | None:
         # Read the local buffers before awaiting Redis: a record not in them by then is written.
         local = {**self._writing.get(request_id, {}), **self._pending.get(request_id, {})}
-        stored = await client.hgetall(self.key(request_id))
+        stored = await client.hgetall(self.keys.prediction(request_id))
         fields: dict[str, bytes | str] = {k.decode(): v for k, v in stored.items()}
         fields.update(local)
         answers = {

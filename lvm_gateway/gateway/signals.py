@@ -1,24 +1,19 @@
-"""Quality signals read off each LVM answer: validity, empty hits, the request's lane.
+"""Quality signals read off each LVM answer: validity and empty hits.
 
 Pure functions over bytes, cheap enough for the hot path: the answer is ~4-16 KB of JSON that
-orjson parses in tens of microseconds, and the lane is found without parsing the request body
-(which can hold hundreds of 768-d context vectors).
+orjson parses in tens of microseconds. The rules (dimension, empty hit) are the contract's.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import orjson
 
+from lvm_gateway.contract.lvm import DIM, is_empty_hit
 from lvm_gateway.errors import InvalidPredictionError
-from lvm_gateway.lvm.world import DIM, EMPTY_HIT_THRESHOLD
-
-N_LANES = 16
-_TMD_CODES = re.compile(rb'"tmd_codes"\s*:\s*\[\s*(-?\d+)')
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +28,7 @@ class Prediction:
 
     @property
     def empty(self) -> bool:
-        """The seed's empty hit: no neighbours, or the best one below cosine 0.4."""
-        return self.best_score is None or self.best_score < EMPTY_HIT_THRESHOLD
+        return is_empty_hit(() if self.best_score is None else (self.best_score,))
 
 
 def inspect_answer(body: bytes, variant: str) -> Prediction:
@@ -69,18 +63,3 @@ def inspect_answer(body: bytes, variant: str) -> Prediction:
     ]
     best = max((s for _, s in pairs), default=None)
     return Prediction(vec, tuple(i for i, _ in pairs), best, tuple(pairs))
-
-
-def lane_of(headers: dict[str, str], body: bytes) -> str:
-    """`lane_<domain>` from X-TMD-Lane, else the body's tmd_codes[0], else `none`."""
-    raw: str | bytes | None = headers.get("x-tmd-lane")
-    if raw is None:
-        m = _TMD_CODES.search(body)
-        raw = m.group(1) if m else None
-    if raw is None:
-        return "none"
-    try:
-        lane = int(raw)
-    except ValueError:
-        return "none"
-    return f"lane_{lane}" if 0 <= lane < N_LANES else "none"

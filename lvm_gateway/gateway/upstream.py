@@ -14,13 +14,13 @@ from typing import Any
 
 import orjson
 
+from lvm_gateway.config.spec import VariantSpec
 from lvm_gateway.errors import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
-from lvm_gateway.gateway.config import VariantSpec
 from lvm_gateway.gateway.h1pool import EndpointPool
 
 

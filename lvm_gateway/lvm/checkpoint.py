@@ -24,6 +24,7 @@ import torch
 
 from lvm_gateway.errors import CheckpointError
 from lvm_gateway.lvm.model import MODEL_TYPE, GRUPredictor, GRUSizes, MemoryAugmentedGRU
+from lvm_gateway.torchfile import read_torch_file
 
 _REQUIRED = ("model_type", "model_state_dict")
 _DOCUMENTED = ("epoch", "model_type", "model_state_dict", "val_results", "args")
@@ -99,21 +100,6 @@ def load_predictor(path: str) -> GRUPredictor:
     """The model server's entry point: one validated model, ready for inference."""
     loaded = load_checkpoint(path)
     return GRUPredictor(loaded.model, loaded.context_length)
-
-
-def read_torch_file(path: str | Path, what: str) -> Any:
-    """torch.load with weights_only=True, every failure turned into a CheckpointError."""
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"{what} {path}: no such file")
-    if not p.is_file():
-        raise CheckpointError(f"{what} {path}: not a regular file")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for "not a checkpoint"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{what} {path}: not a loadable torch file: {first_line}") from exc
 
 
 def _args_dict(args: Any, where: str) -> dict[str, Any]:

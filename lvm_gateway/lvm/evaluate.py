@@ -6,8 +6,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from lvm_gateway.contract.lvm import HIT_THRESHOLDS
 from lvm_gateway.lvm.predictor import Predictor
-from lvm_gateway.lvm.world import HIT_THRESHOLDS, World
+from lvm_gateway.lvm.world import World
 
 _CHUNK = 64  # contexts per batch: bounds memory for long contexts
 

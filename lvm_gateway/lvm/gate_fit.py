@@ -14,16 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lvm_gateway.contract.gate import N_EXPERTS, GateRuntime
+from lvm_gateway.contract.lvm import HIT_THRESHOLDS, N_LANES
 from lvm_gateway.lvm.evaluate import predict_many
-from lvm_gateway.lvm.gate import (
-    N_EXPERTS,
-    GateRuntime,
-    TMDGate,
-    default_gate,
-    lane_detector_gate,
-)
+from lvm_gateway.lvm.gate import TMDGate, default_gate, lane_detector_gate
 from lvm_gateway.lvm.predictor import Predictor
-from lvm_gateway.lvm.world import HIT_THRESHOLDS, N_LANES, World
+from lvm_gateway.lvm.world import World
 
 TEMPERATURES = (0.01, 0.03, 0.1, 0.3, 1.0)
 _HIT5 = HIT_THRESHOLDS[5]
@@ -100,7 +96,7 @@ def fit_gate(ev: LaneEval, k: int = 2, temperatures: Sequence[float] = TEMPERATU
     best: GateFit | None = None
     for t in temperatures:
         gate = lane_detector_gate(quality / t)
-        score = mixture_hit5(GateRuntime(gate), ev, k)
+        score = mixture_hit5(GateRuntime(gate.weights()), ev, k)
         if best is None or score > best.hit5:
             best = GateFit(gate, t, quality, score)
     if best is None:
@@ -110,11 +106,11 @@ def fit_gate(ev: LaneEval, k: int = 2, temperatures: Sequence[float] = TEMPERATU
 
 def baselines(ev: LaneEval, fitted: TMDGate, k: int) -> dict[str, float]:
     """Hit@5 of the fitted gate next to what it must beat, all on the same walks."""
-    uniform = GateRuntime(lane_detector_gate(np.zeros((N_EXPERTS, N_EXPERTS))))
+    uniform = GateRuntime(lane_detector_gate(np.zeros((N_EXPERTS, N_EXPERTS))).weights())
     return {
-        "fitted": mixture_hit5(GateRuntime(fitted), ev, k),
+        "fitted": mixture_hit5(GateRuntime(fitted.weights()), ev, k),
         "uniform_top_k": mixture_hit5(uniform, ev, k),
         "uniform_all": mixture_hit5(uniform, ev, N_EXPERTS),
         "best_single": float(expert_quality(ev).mean(axis=0).max()),
-        "default": mixture_hit5(GateRuntime(default_gate()), ev, k),
+        "default": mixture_hit5(GateRuntime(default_gate().weights()), ev, k),
     }

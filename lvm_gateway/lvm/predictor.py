@@ -16,7 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
-from lvm_gateway.lvm.world import JUMP_PROB, N_LANES, World
+from lvm_gateway.contract.lvm import N_LANES
+from lvm_gateway.lvm.world import JUMP_PROB, World
 
 
 class Predictor(Protocol):

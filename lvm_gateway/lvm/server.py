@@ -27,9 +27,10 @@ import orjson
 import uvloop
 from aiohttp import web
 
+from lvm_gateway.contract.lvm import DIM, N_LANES, N_MODIFIERS, N_TASKS
 from lvm_gateway.errors import BadRequestError, LvmGatewayError
 from lvm_gateway.lvm.predictor import DEFAULT_DEGRADE_FACTOR, PROFILES, Predictor, analytic
-from lvm_gateway.lvm.world import DIM, N_LANES, N_MODIFIERS, N_TASKS, World
+from lvm_gateway.lvm.world import World
 
 _TMD_LIMITS = (N_LANES, N_TASKS, N_MODIFIERS)
 Closer = Callable[[], Any]

@@ -29,9 +29,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from lvm_gateway.contract.lvm import DIM, HIT_THRESHOLDS, N_LANES, cosine_hits, id_hits
 from lvm_gateway.errors import TrafficError
 from lvm_gateway.lvm.predictor import CALIBRATION_CONTEXT
-from lvm_gateway.lvm.world import DIM, HIT_THRESHOLDS, N_LANES, World, cosine_hits, id_hits
+from lvm_gateway.lvm.world import World
 
 _SESSION_STEPS = 200  # requests before a user's walk is renewed
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY

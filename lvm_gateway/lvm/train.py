@@ -22,13 +22,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lvm_gateway.contract.lvm import N_LANES
 from lvm_gateway.errors import CheckpointError
 from lvm_gateway.lvm import gate_fit
 from lvm_gateway.lvm.checkpoint import load_checkpoint, load_predictor, save_checkpoint
 from lvm_gateway.lvm.evaluate import hit_rates
 from lvm_gateway.lvm.gate import save_gate
 from lvm_gateway.lvm.model import GRUPredictor, MemoryAugmentedGRU, delta_prediction
-from lvm_gateway.lvm.world import DEFAULT_CONCEPTS, N_LANES, World
+from lvm_gateway.lvm.world import DEFAULT_CONCEPTS, World
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,12 @@ predicts better.
 
 from __future__ import annotations
 
-from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 
 import numpy as np
 
-DIM = 768
-N_LANES = 16
-N_TASKS = 32
-N_MODIFIERS = 64
+from lvm_gateway.contract.lvm import DIM, N_LANES, N_MODIFIERS, N_TASKS
+
 CLUSTER_SIZE = 5
 N_SUCCESSORS = 4
 DEFAULT_CONCEPTS = 4000
@@ -34,10 +31,6 @@ _LANE_W2, _CLUSTER_W2 = 0.2, 0.5
 THEME_ALPHA = 0.3
 SUCCESSOR_ALPHA = 0.3
 JUMP_PROB = 0.05
-
-# The seed's Hit@K proxy (DESIGN section 2): cosine above these counts as a hit at k.
-HIT_THRESHOLDS: dict[int, float] = {1: 0.8, 5: 0.6, 10: 0.4}
-EMPTY_HIT_THRESHOLD = 0.4
 
 
 @dataclass(frozen=True)
@@ -170,26 +163,3 @@ def _draw(cdf: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One index per row from rows of cumulative probabilities."""
     u = rng.random((cdf.shape[0], 1)) * cdf[:, -1:]
     return np.minimum((cdf < u).sum(axis=1), cdf.shape[1] - 1)
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na == 0.0 or nb == 0.0:
-        return 0.0
-    return float(np.dot(a, b) / (na * nb))
-
-
-def cosine_hits(predicted: np.ndarray, clicked: np.ndarray) -> dict[int, bool]:
-    """The seed's proxy: cosine(predicted, clicked) above 0.8 / 0.6 / 0.4 is hit@1 / @5 / @10."""
-    c = cosine(predicted, clicked)
-    return {k: c > threshold for k, threshold in HIT_THRESHOLDS.items()}
-
-
-def id_hits(clicked_id: str, neighbor_ids: SequenceABC[str]) -> dict[int, bool]:
-    """Exact scoring: hit@k when the clicked id is among the first k returned neighbours."""
-    return {k: clicked_id in neighbor_ids[:k] for k in HIT_THRESHOLDS}
-
-
-def is_empty_hit(neighbor_scores: SequenceABC[float]) -> bool:
-    """The seed's empty hit: no neighbours, or the best one below cosine 0.4."""
-    return not neighbor_scores or max(neighbor_scores) < EMPTY_HIT_THRESHOLD

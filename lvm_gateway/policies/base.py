@@ -13,8 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
-from pydantic import BaseModel, ConfigDict
 
+from lvm_gateway.contract.lvm import (
+    NO_LANE,
+    Tmd,
+    domain_in_body,
+    lane_name,
+    tmd_from_body,
+    tmd_from_headers,
+)
+from lvm_gateway.contract.strict import StrictModel
 from lvm_gateway.errors import BadRequestError, UnknownPluginError
 
 
@@ -51,31 +59,25 @@ class RequestInfo:
             raise BadRequestError("body needs a 'context_vectors' list to route by context length")
         return len(ctx)
 
-    def tmd_codes(self) -> tuple[int, int, int] | None:
+    def tmd_codes(self) -> Tmd | None:
         """(domain, task, modifier) from X-TMD-* headers, else the body's tmd_codes, else None."""
-        h = self.headers
-        if "x-tmd-domain" in h or "x-tmd-lane" in h:
-            try:
-                return (
-                    int(h.get("x-tmd-domain", h.get("x-tmd-lane", "0"))),
-                    int(h.get("x-tmd-task", "0")),
-                    int(h.get("x-tmd-modifier", "0")),
-                )
-            except ValueError as exc:
-                raise BadRequestError("X-TMD-* headers must be integers") from exc
-        body = self.json()
-        codes = body.get("tmd_codes") if isinstance(body, dict) else None
-        if codes is None:
-            return None
-        if (
-            not isinstance(codes, list)
-            or len(codes) != 3
-            or not all(isinstance(c, int) and not isinstance(c, bool) for c in codes)
-        ):
-            raise BadRequestError(
-                "tmd_codes must be a list of three integers [domain, task, modifier]"
-            )
-        return (codes[0], codes[1], codes[2])
+        codes = tmd_from_headers(self.headers)
+        return codes if codes is not None else tmd_from_body(self.json())
+
+    def lane(self) -> str:
+        """The request's lane for metrics, gates and records: the domain of `tmd_codes()`, found
+        in a body no policy parsed by a byte scan rather than a JSON parse. Never raises: a
+        request whose TMD code is malformed counts under `none` (a policy that routes by the
+        code answers it 400)."""
+        try:
+            codes = tmd_from_headers(self.headers)
+            if codes is None and self._parsed:
+                codes = tmd_from_body(self._json)
+        except BadRequestError:
+            return NO_LANE
+        if codes is not None:
+            return lane_name(codes[0])
+        return lane_name(domain_in_body(self.body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +110,6 @@ class Policy(Protocol):
     def leaves(self) -> frozenset[str]:
         """Every variant this subtree can send to (reference checks, warm-up)."""
         ...
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
 # A policy tree node as written in YAML: a variant name, or a one-key mapping {policy: params}.

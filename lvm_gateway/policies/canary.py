@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 from pydantic import Field
 
+from lvm_gateway.contract.strict import StrictModel
 from lvm_gateway.policies.base import (
     BuildContext,
     Decision,
@@ -21,7 +22,6 @@ from lvm_gateway.policies.base import (
     PolicySpec,
     RequestInfo,
     RoutingView,
-    StrictModel,
     display_name,
     register,
 )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
+from lvm_gateway.contract.strict import StrictModel
 from lvm_gateway.policies.base import (
     BuildContext,
     Decision,
@@ -19,7 +20,6 @@ from lvm_gateway.policies.base import (
     PolicySpec,
     RequestInfo,
     RoutingView,
-    StrictModel,
     register,
 )
 

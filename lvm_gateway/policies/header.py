@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lvm_gateway.contract.strict import StrictModel
 from lvm_gateway.errors import BadRequestError
 from lvm_gateway.policies.base import (
     BuildContext,
@@ -17,7 +18,6 @@ from lvm_gateway.policies.base import (
     PolicySpec,
     RequestInfo,
     RoutingView,
-    StrictModel,
     register,
 )
 

@@ -6,16 +6,17 @@ The decision is the top-k experts for the request's TMD code (`X-TMD-Domain`/`-T
 or `X-TMD-Lane` headers, else the body's `tmd_codes`), skipping experts whose circuit is open or
 whose in-flight requests reached `capacity`: their share goes to the next-best expert. The gate's
 weights are renormalised over the chosen experts. Without `gate`, the documented default sends
-lane i to expert i. Fan-out and fusion are the transport's job (gateway.fanout).
+lane i to expert i. Fan-out and fusion are the transport's job (gateway/dispatch.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 
+from lvm_gateway.contract.gate import N_EXPERTS, GateRuntime, default_gate_state
+from lvm_gateway.contract.strict import StrictModel
 from lvm_gateway.errors import BadRequestError, CheckpointError, ConfigError
 from lvm_gateway.policies.base import (
     BuildContext,
@@ -23,14 +24,9 @@ from lvm_gateway.policies.base import (
     PolicyPlugin,
     RequestInfo,
     RoutingView,
-    StrictModel,
     register,
 )
-
-if TYPE_CHECKING:
-    from lvm_gateway.lvm.gate import GateRuntime
-
-N_EXPERTS = 16
+from lvm_gateway.torchfile import load_gate_state
 
 
 class TmdParams(StrictModel):
@@ -90,14 +86,11 @@ class Tmd:
 def _build(p: TmdParams, ctx: BuildContext, path: str) -> Tmd:
     for i, expert in enumerate(p.experts):
         ctx.build(expert, f"{path}.experts[{i}]")
-    # torch is imported only by configs that use a mixture, and only to read the gate file.
-    from lvm_gateway.lvm.gate import GateRuntime, default_gate, load_gate
-
     try:
-        gate = load_gate(p.gate) if p.gate else default_gate()
+        state = load_gate_state(p.gate) if p.gate else default_gate_state()
     except CheckpointError as exc:
         raise ConfigError([f"{path}.gate: {exc}"]) from exc
-    return Tmd(p.name, p.experts, p.top_k, p.capacity, p.deadline_ms, GateRuntime(gate))
+    return Tmd(p.name, p.experts, p.top_k, p.capacity, p.deadline_ms, GateRuntime(state))
 
 
 PLUGIN = register(PolicyPlugin("tmd", TmdParams, _build))

@@ -21,8 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from lvm_gateway.contract.rollout import Bound, RolloutSpec
+from lvm_gateway.contract.windows import EMPTY, FEEDBACK, HITS, INVALID, REQUESTS
 from lvm_gateway.rollout.observations import Observations, quantile_ms
-from lvm_gateway.rollout.spec import Bound, RolloutSpec
+
+HIT5 = HITS[5]
 
 
 class Verdict(StrEnum):
@@ -66,7 +69,7 @@ def _canary_requests(obs: Observations) -> int:
 
 
 def _canary_feedback(obs: Observations) -> int:
-    return obs.canary_quality.get("feedback")
+    return obs.canary_quality.get(FEEDBACK)
 
 
 def _share(counter: str, of: str) -> Callable[[Observations, int], float | None]:
@@ -81,8 +84,8 @@ def _share(counter: str, of: str) -> Callable[[Observations, int], float | None]
 
 def _hit5(obs: Observations, pad: int) -> float | None:
     canary = obs.canary_quality
-    total = canary.get("feedback") + pad
-    return (canary.get("hit5") + pad) / total if total else None
+    total = canary.get(FEEDBACK) + pad
+    return (canary.get(HIT5) + pad) / total if total else None
 
 
 # A lane is compared only once both variants have this much feedback on it.
@@ -99,13 +102,13 @@ def _lane_deltas(obs: Observations) -> dict[str, float]:
     out = {}
     canary, stable = obs.canary_quality, obs.stable_quality
     for lane in sorted(canary.lanes() & stable.lanes()):
-        fb_c, fb_s = canary.get("feedback", lane), stable.get("feedback", lane)
+        fb_c, fb_s = canary.get(FEEDBACK, lane), stable.get(FEEDBACK, lane)
         if min(fb_c, fb_s) < LANE_MIN_FEEDBACK:
             continue
-        base = stable.get("hit5", lane) / fb_s
+        base = stable.get(HIT5, lane) / fb_s
         if base <= 0:
             continue
-        rate = canary.get("hit5", lane) / fb_c
+        rate = canary.get(HIT5, lane) / fb_c
         se = math.sqrt(base * (1 - base) / fb_s + rate * (1 - rate) / fb_c)
         out[lane] = max(0.0, (base - rate - LANE_Z * se) / base)
     return out
@@ -125,8 +128,8 @@ def _worst_lane(obs: Observations) -> str | None:
 
 register_metric(Metric("error_rate", "", _error_rate, _canary_requests))
 register_metric(Metric("p95_ms", "ms", _p95_ms, _canary_requests))
-register_metric(Metric("empty_rate", "", _share("empty", "n"), _canary_requests))
-register_metric(Metric("invalid_rate", "", _share("invalid", "n"), _canary_requests))
+register_metric(Metric("empty_rate", "", _share(EMPTY, REQUESTS), _canary_requests))
+register_metric(Metric("invalid_rate", "", _share(INVALID, REQUESTS), _canary_requests))
 register_metric(Metric("hit5", "", _hit5, _canary_feedback, guard="min_feedback"))
 register_metric(
     Metric("lane_delta", "", _lane_delta, _canary_feedback, guard="min_feedback", where=_worst_lane)

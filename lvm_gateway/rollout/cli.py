@@ -25,12 +25,12 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from lvm_gateway.contract.rollout import RolloutStatus
 from lvm_gateway.errors import ConfigError, RedisUnavailableError, RolloutError
-from lvm_gateway.redisconn import resolve_redis_url
+from lvm_gateway.redisconn import open_client, resolve_redis_url
 from lvm_gateway.rollout import ops
 from lvm_gateway.rollout.controller import reconcile_once, run_controller
-from lvm_gateway.rollout.model import RolloutStatus
-from lvm_gateway.rollout.store import RolloutStore, open_client
+from lvm_gateway.rollout.store import RolloutStore
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # one-line reasons
@@ -248,7 +248,7 @@ async def _run(args: argparse.Namespace) -> int:
     prefix = args.prefix or "lvmgw"
     config = None
     if args.config:
-        from lvm_gateway.gateway.config import load_config
+        from lvm_gateway.config.load import load_config
 
         config = load_config(args.config)
         prefix = args.prefix or config.spec.redis_prefix

@@ -17,12 +17,13 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from lvm_gateway.contract.rollout import Actor, Phase, RolloutStatus
 from lvm_gateway.errors import ConflictError, NotLeaderError, RolloutError
+from lvm_gateway.redisconn import open_client
 from lvm_gateway.rollout.lease import Lease
-from lvm_gateway.rollout.model import Actor, Phase, RolloutStatus
 from lvm_gateway.rollout.observations import Observations, VariantWindow
 from lvm_gateway.rollout.reconcile import Action, reconcile
-from lvm_gateway.rollout.store import Registered, RolloutStore, open_client
+from lvm_gateway.rollout.store import Registered, RolloutStore
 from lvm_gateway.rollout.transitions import align
 from lvm_gateway.rollout.windows import read_windows
 
@@ -70,8 +71,7 @@ async def reconcile_rollout(
     if status.phase != Phase.PROGRESSING:
         return status, None, reg
     observations = await observe(store.client, store.prefix, status, now)
-    new, actions = reconcile(status, observations, reg.spec, now)
-    action = actions[0]
+    new, action = reconcile(status, observations, reg.spec, now)
     if not new.same_state(status):
         new = await store.transition(
             status, new, Actor.CONTROLLER, str(action.kind), identity, action.metrics, lease

@@ -12,6 +12,8 @@ import time
 
 import redis.asyncio as aioredis
 
+from lvm_gateway.contract.keys import RedisKeys
+
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -29,8 +31,9 @@ class Lease:
         self, client: aioredis.Redis, prefix: str, identity: str, lease_seconds: float = 3.0
     ) -> None:
         self.client = client
-        self.key = f"{prefix}:leader"
-        self.fence_key = f"{prefix}:fence"
+        keys = RedisKeys(prefix)
+        self.key = keys.leader
+        self.fence_key = keys.fence
         self.identity = identity
         self.lease_ms = int(lease_seconds * 1000)
         self.value: str | None = None  # set while this instance believes it leads

@@ -1,39 +1,24 @@
 """What the controller saw of each variant over an analysis interval: merged counters.
 
-A window is a flat mapping of counter name -> count, additive across replicas and time buckets,
-so merging is summing. Names:
-
-    n, err                 requests and errors
-    lat:<i>                latency histogram, bucket i of LATENCY_BOUNDS_MS (last = overflow)
-    <metric>               any further counter (issue 4: feedback, hit5, empty, invalid, ...)
-    <counter>@<lane>       the same counter restricted to one lane
+A window is a flat mapping of counter name -> count (the names are contract/windows.py's),
+additive across replicas and time buckets, so merging is summing.
 
 Percentiles come from the merged histogram, never from averaging replicas' percentiles.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-# Fixed bucket upper bounds (ms): fine around the seed's 5 ms / 10 ms thresholds, coarse beyond.
-LATENCY_BOUNDS_MS: tuple[float, ...] = (
-    0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 9, 10, 12.5, 15, 17.5, 20,
-    25, 30, 40, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2500, 5000, 10000,
-)  # fmt: skip
-LATENCY_BOUNDS_S: tuple[float, ...] = tuple(b / 1000 for b in LATENCY_BOUNDS_MS)
-LATENCY_FIELDS: tuple[str, ...] = tuple(f"lat:{i}" for i in range(len(LATENCY_BOUNDS_MS) + 1))
-
-
-def latency_field(latency_s: float) -> str:
-    return LATENCY_FIELDS[bisect_left(LATENCY_BOUNDS_S, latency_s)]
-
-
-def lane_field(counter: str, lane: str) -> str:
-    return f"{counter}@{lane}"
-
+from lvm_gateway.contract.windows import (
+    ERRORS,
+    LATENCY_BOUNDS_MS,
+    LATENCY_FIELDS,
+    REQUESTS,
+    lane_field,
+)
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 
@@ -47,11 +32,11 @@ class VariantWindow:
 
     @property
     def requests(self) -> int:
-        return self.get("n")
+        return self.get(REQUESTS)
 
     @property
     def errors(self) -> int:
-        return self.get("err")
+        return self.get(ERRORS)
 
     def histogram(self) -> list[int]:
         return [self.get(f) for f in LATENCY_FIELDS]

@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from lvm_gateway.contract.rollout import Actor, Phase, RolloutStatus
+from lvm_gateway.contract.windows import ERRORS, FEEDBACK, REQUESTS
 from lvm_gateway.errors import ConflictError
 from lvm_gateway.rollout import transitions
-from lvm_gateway.rollout.analysis import Analysis, analyse
+from lvm_gateway.rollout.analysis import HIT5, Analysis, analyse
 from lvm_gateway.rollout.controller import observe
-from lvm_gateway.rollout.model import Actor, Phase, RolloutStatus
 from lvm_gateway.rollout.observations import Observations
 from lvm_gateway.rollout.reconcile import reconcile
 from lvm_gateway.rollout.store import RolloutStore
@@ -115,16 +116,16 @@ def lane_rows(observations: Observations) -> list[dict[str, Any]]:
     canary, stable = observations.canary, observations.stable
     rows = []
     for lane in sorted(canary.lanes() | stable.lanes()):
-        c_hit = _rate(canary.get("hit5", lane), canary.get("feedback", lane))
-        s_hit = _rate(stable.get("hit5", lane), stable.get("feedback", lane))
+        c_hit = _rate(canary.get(HIT5, lane), canary.get(FEEDBACK, lane))
+        s_hit = _rate(stable.get(HIT5, lane), stable.get(FEEDBACK, lane))
         rows.append(
             {
                 "lane": lane,
-                "requests": canary.get("n", lane),
-                "errors": canary.get("err", lane),
-                "feedback": canary.get("feedback", lane),
+                "requests": canary.get(REQUESTS, lane),
+                "errors": canary.get(ERRORS, lane),
+                "feedback": canary.get(FEEDBACK, lane),
                 "hit5": c_hit,
-                "stable_feedback": stable.get("feedback", lane),
+                "stable_feedback": stable.get(FEEDBACK, lane),
                 "stable_hit5": s_hit,
                 "delta": (s_hit - c_hit) / s_hit if c_hit is not None and s_hit else None,
             }
@@ -152,8 +153,7 @@ async def describe(store: RolloutStore, name: str) -> dict[str, Any]:
         observations = await observe(store.client, store.prefix, status, now)
         doc["lanes"] = lane_rows(observations)
         probe = status.evolve(phase=Phase.PROGRESSING)
-        _, actions = reconcile(probe, observations, reg.spec, now)
-        action = actions[0]
+        _, action = reconcile(probe, observations, reg.spec, now)
         if action.analysis is not None:
             doc["requests"] = action.analysis.requests
             doc["metrics"] = [

@@ -13,11 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from lvm_gateway.contract.rollout import Phase, RolloutSpec, RolloutStatus
 from lvm_gateway.rollout.analysis import Analysis, Verdict, analyse
-from lvm_gateway.rollout.model import Phase, RolloutStatus
 from lvm_gateway.rollout.observations import Observations
-from lvm_gateway.rollout.spec import RolloutSpec
-from lvm_gateway.rollout.transitions import enter_step, promote, roll_back
+from lvm_gateway.rollout.transitions import enter_step, promote, rollback
 
 
 class ActionKind(StrEnum):
@@ -39,9 +38,9 @@ class Action:
 
 def reconcile(
     status: RolloutStatus, observations: Observations, spec: RolloutSpec, now: float
-) -> tuple[RolloutStatus, tuple[Action, ...]]:
+) -> tuple[RolloutStatus, Action]:
     if status.phase != Phase.PROGRESSING:
-        return status, (Action(ActionKind.HOLD, f"{status.phase}: the controller waits"),)
+        return status, Action(ActionKind.HOLD, f"{status.phase}: the controller waits")
     analysis = analyse(observations, spec)
     metrics = analysis.values()
     metrics["requests"] = analysis.requests
@@ -54,10 +53,10 @@ def reconcile(
         what = "; ".join(r.describe() for r in analysis.breached)
         if failures >= spec.failure_limit:
             reason = f"rollback: {what} ({failures} consecutive analyses)"
-            return roll_back(status, now, reason), (act(ActionKind.ROLLBACK, reason),)
+            return rollback(status, now, reason), act(ActionKind.ROLLBACK, reason)
         reason = f"analysis breached {failures}/{spec.failure_limit}: {what}"
         changed = status.evolve(failures=failures, updated_at=now, reason=reason)
-        return changed, (act(ActionKind.FAILURE, reason),)
+        return changed, act(ActionKind.FAILURE, reason)
 
     base = status.evolve(failures=0, updated_at=now) if status.failures else status
     elapsed = now - (status.step_started_at if status.step_started_at is not None else now)
@@ -74,21 +73,21 @@ def reconcile(
         if timed_out:
             reason = f"insufficient traffic after {elapsed:.0f}s: {detail}"
             paused = base.evolve(phase=Phase.PAUSED, updated_at=now, reason=reason)
-            return paused, (act(ActionKind.PAUSE, reason),)
-        return base, (act(ActionKind.HOLD, f"waiting for traffic: {detail}"),)
+            return paused, act(ActionKind.PAUSE, reason)
+        return base, act(ActionKind.HOLD, f"waiting for traffic: {detail}")
     if not analysis.passed:
         what = "; ".join(r.describe() for r in analysis.results if r.verdict != Verdict.PASS)
         if timed_out:
             reason = f"success criteria not met after {elapsed:.0f}s: {what}"
             paused = base.evolve(phase=Phase.PAUSED, updated_at=now, reason=reason)
-            return paused, (act(ActionKind.PAUSE, reason),)
-        return base, (act(ActionKind.HOLD, f"holding: {what}"),)
+            return paused, act(ActionKind.PAUSE, reason)
+        return base, act(ActionKind.HOLD, f"holding: {what}")
     if elapsed < spec.step_min_seconds:
         wait = spec.step_min_seconds - elapsed
-        return base, (act(ActionKind.HOLD, f"criteria met; next step in {wait:.0f}s"),)
+        return base, act(ActionKind.HOLD, f"criteria met; next step in {wait:.0f}s")
     if status.step >= len(spec.steps) - 1:
         reason = "all steps passed: promoted"
-        return promote(base, spec, now, reason), (act(ActionKind.PROMOTE, reason),)
+        return promote(base, spec, now, reason), act(ActionKind.PROMOTE, reason)
     target = status.step + 1
     reason = f"criteria met for {elapsed:.0f}s: advance to {spec.step_weight(target):g}%"
-    return enter_step(base, spec, target, now, reason), (act(ActionKind.ADVANCE, reason),)
+    return enter_step(base, spec, target, now, reason), act(ActionKind.ADVANCE, reason)

@@ -1,13 +1,7 @@
 """Rollouts in Redis: status with a version, specs, thresholds, history, change notifications.
 
-    {prefix}:rollouts                  set of rollout names ever registered
-    {prefix}:rollout:{name}:spec       JSON {spec, stable, canary}: the YAML, as last loaded
-    {prefix}:rollout:{name}:status     hash {data: JSON status, version, fence}
-    {prefix}:rollout:{name}:thresholds JSON tunables (seeded from the YAML on start)
-    {prefix}:rollout:{name}:history    stream of transitions, oldest first
-    {prefix}:epoch                     bumped by every transition (gateways poll it)
-    {prefix}:events                    pub/sub channel: "<name> <version>" per transition
-    {prefix}:leader                    the controller lease, "<fencing token>:<identity>"
+The keys (contract/keys.py): per rollout its spec, status, thresholds and history stream; the
+set of names; an epoch bumped by every transition; a pub/sub channel; the controller's lease.
 
 Every transition is one Lua script: compare the version, check the caller's lease (controller
 writes only), write the status, append the history event, bump the epoch, publish. So two
@@ -27,17 +21,16 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
+from lvm_gateway.config.load import Config
+from lvm_gateway.contract.keys import HISTORY_MAXLEN, RedisKeys
+from lvm_gateway.contract.rollout import TUNABLE_KEYS, Actor, RolloutSpec, RolloutStatus, Thresholds
+from lvm_gateway.contract.strict import format_loc
 from lvm_gateway.errors import (
     ConflictError,
     NotLeaderError,
     ThresholdError,
     UnknownRolloutError,
 )
-from lvm_gateway.gateway.config import Config, format_loc
-from lvm_gateway.rollout.model import Actor, RolloutStatus
-from lvm_gateway.rollout.spec import TUNABLE_KEYS, RolloutSpec, Thresholds
-
-HISTORY_MAXLEN = 10_000  # also hard-coded in _TRANSITION
 
 _TRANSITION = """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
@@ -47,19 +40,12 @@ local v = cur + 1
 redis.call('HSET', KEYS[1], 'data', ARGV[2], 'version', v, 'fence', ARGV[3])
 if ARGV[6] ~= '' then redis.call('SET', KEYS[5], ARGV[6]) end
 local event = {}
-for i = 7, #ARGV do event[#event + 1] = ARGV[i] end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', 10000, '*', 'version', v, unpack(event))
+for i = 8, #ARGV do event[#event + 1] = ARGV[i] end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'version', v, unpack(event))
 redis.call('INCR', KEYS[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5] .. ' ' .. v)
 return {1, v}
 """
-
-
-def open_client(url: str, timeout_s: float = 2.0) -> aioredis.Redis:
-    """A client that fails fast when Redis is unreachable instead of hanging a command."""
-    return aioredis.Redis.from_url(
-        url, socket_connect_timeout=min(timeout_s, 1.0), socket_timeout=timeout_s
-    )
 
 
 @dataclass(frozen=True)
@@ -91,14 +77,11 @@ class RolloutStore:
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
-        self.names_key = f"{prefix}:rollouts"
-        self.epoch_key = f"{prefix}:epoch"
-        self.channel = f"{prefix}:events"
-        self.leader_key = f"{prefix}:leader"
+        self.keys = RedisKeys(prefix)
         self._transition = client.register_script(_TRANSITION)
 
     def key(self, name: str, part: str) -> str:
-        return f"{self.prefix}:rollout:{name}:{part}"
+        return self.keys.rollout(name, part)
 
     # -- specs -------------------------------------------------------------------------------
 
@@ -115,11 +98,11 @@ class RolloutStore:
                 "canary": route.canary if route else None,
             }
             pipe.set(self.key(name, "spec"), json.dumps(doc))
-            pipe.sadd(self.names_key, name)
+            pipe.sadd(self.keys.rollouts, name)
         await pipe.execute()
 
     async def names(self) -> list[str]:
-        return sorted(_text(n) for n in await self.client.smembers(self.names_key))
+        return sorted(_text(n) for n in await self.client.smembers(self.keys.rollouts))
 
     async def registered(self, name: str) -> Registered:
         raw = await self.client.get(self.key(name, "spec"))
@@ -221,7 +204,7 @@ class RolloutStore:
         return RolloutStatus.from_dict(data)
 
     async def epoch(self) -> int:
-        return int(await self.client.get(self.epoch_key) or 0)
+        return int(await self.client.get(self.keys.epoch) or 0)
 
     def _event(
         self,
@@ -269,9 +252,10 @@ class RolloutStore:
             old.version,
             json.dumps(data),
             lease or "",
-            self.channel,
+            self.keys.events,
             new.name,
             json.dumps(seed_thresholds.tunables()) if seed_thresholds else "",
+            HISTORY_MAXLEN,
         ]
         for k, v in event.items():
             args += [k, v]
@@ -279,8 +263,8 @@ class RolloutStore:
             keys=[
                 self.key(new.name, "status"),
                 self.key(new.name, "history"),
-                self.epoch_key,
-                self.leader_key,
+                self.keys.epoch,
+                self.keys.leader,
                 self.key(new.name, "thresholds"),
             ],
             args=args,

@@ -7,10 +7,9 @@ helpers, so a step always means the same weight and mirror share whoever takes i
 
 from __future__ import annotations
 
+from lvm_gateway.contract.rollout import Phase, RolloutSpec, RolloutStatus
 from lvm_gateway.errors import InvalidTransitionError
 from lvm_gateway.rollout.analysis import Analysis
-from lvm_gateway.rollout.model import Phase, RolloutStatus
-from lvm_gateway.rollout.spec import RolloutSpec
 
 ACTIVE = (Phase.PROGRESSING, Phase.PAUSED)
 
@@ -41,12 +40,6 @@ def promote(status: RolloutStatus, spec: RolloutSpec, now: float, reason: str) -
         updated_at=now,
         failures=0,
         reason=reason,
-    )
-
-
-def roll_back(status: RolloutStatus, now: float, reason: str) -> RolloutStatus:
-    return status.evolve(
-        phase=Phase.ROLLED_BACK, weight=0.0, mirror=0.0, updated_at=now, failures=0, reason=reason
     )
 
 
@@ -115,7 +108,14 @@ def advance(
 def rollback(status: RolloutStatus, now: float, reason: str | None = None) -> RolloutStatus:
     if status.phase not in (*ACTIVE, Phase.PROMOTED):
         raise InvalidTransitionError(f"cannot roll back {status.name}: it is {status.phase}")
-    return roll_back(status, now, reason or "rolled back by operator")
+    return status.evolve(
+        phase=Phase.ROLLED_BACK,
+        weight=0.0,
+        mirror=0.0,
+        updated_at=now,
+        failures=0,
+        reason=reason or "rolled back by operator",
+    )
 
 
 def pause(status: RolloutStatus, now: float, reason: str = "paused by operator") -> RolloutStatus:

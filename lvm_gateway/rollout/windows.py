@@ -1,115 +1,18 @@
-"""Per-variant request windows: counted in-process per request, flushed to Redis in pipelines.
+"""Reading the rollout windows: every replica's counts for a variant, summed over a time range.
 
-Each gateway process adds its counts for a time bucket into the same Redis hash with HINCRBY,
-so the replicas' windows merge in Redis by addition (histograms included) and the controller
-reads one hash per variant and bucket:
-
-    {prefix}:win:{variant}:{bucket}  -> {n, err, lat:<i>, <counter>, <counter>@<lane>, ...}
-
-`bucket` is the bucket's start in whole seconds. Keys expire after WINDOW_TTL_SECONDS.
+The gateways' rollout agents write them (agent/recorder.py); the names and bucket size are the
+contract's (contract/windows.py, contract/keys.py).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import redis.asyncio as aioredis
 
-from lvm_gateway.rollout.observations import VariantWindow, lane_field, latency_field
-
-BUCKET_SECONDS = 5
-WINDOW_TTL_SECONDS = 900  # longer than the analysis lookback (controller.MAX_LOOKBACK_SECONDS)
-# Counts that could not be flushed are kept for a retry, but not beyond this age.
-_MAX_RETAINED_BUCKETS = WINDOW_TTL_SECONDS // BUCKET_SECONDS
-
-Cell = dict[str, int]
-
-
-def window_key(prefix: str, variant: str, bucket: int) -> str:
-    return f"{prefix}:win:{variant}:{bucket}"
-
-
-class WindowRecorder:
-    """Counts per (bucket, variant). The hot path is dict arithmetic only, never I/O."""
-
-    def __init__(
-        self,
-        prefix: str,
-        bucket_seconds: int = BUCKET_SECONDS,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.prefix = prefix
-        self.bucket_seconds = bucket_seconds
-        self._clock = clock
-        self._cells: dict[tuple[int, str], Cell] = {}
-
-    def _cell(self, variant: str) -> Cell:
-        bucket = int(self._clock()) // self.bucket_seconds * self.bucket_seconds
-        cell = self._cells.get((bucket, variant))
-        if cell is None:
-            cell = self._cells[(bucket, variant)] = {}
-        return cell
-
-    def record_request(
-        self, variant: str, latency_s: float, error: bool, lane: str | None = None
-    ) -> None:
-        cell = self._cell(variant)
-        lat = latency_field(latency_s)
-        cell["n"] = cell.get("n", 0) + 1
-        cell[lat] = cell.get(lat, 0) + 1
-        if error:
-            cell["err"] = cell.get("err", 0) + 1
-        if lane is not None:
-            n_lane = lane_field("n", lane)
-            cell[n_lane] = cell.get(n_lane, 0) + 1
-            if error:
-                err_lane = lane_field("err", lane)
-                cell[err_lane] = cell.get(err_lane, 0) + 1
-
-    def incr(self, variant: str, metric: str, n: int = 1, lane: str | None = None) -> None:
-        cell = self._cell(variant)
-        cell[metric] = cell.get(metric, 0) + n
-        if lane is not None:
-            key = lane_field(metric, lane)
-            cell[key] = cell.get(key, 0) + n
-
-    @property
-    def pending(self) -> int:
-        """Cells not yet flushed (for tests and for /readyz detail)."""
-        return len(self._cells)
-
-    async def flush(self, client: aioredis.Redis) -> int:
-        """Write every pending cell in one pipeline; returns the cells written.
-
-        On a Redis error the cells are merged back for the next attempt and the error raised.
-        """
-        cells, self._cells = self._cells, {}
-        if not cells:
-            return 0
-        pipe = client.pipeline(transaction=False)
-        for (bucket, variant), cell in cells.items():
-            key = window_key(self.prefix, variant, bucket)
-            for name, n in cell.items():
-                pipe.hincrby(key, name, n)
-            pipe.expire(key, WINDOW_TTL_SECONDS)
-        try:
-            await pipe.execute()
-        except Exception:
-            self._retain(cells)
-            raise
-        return len(cells)
-
-    def _retain(self, cells: dict[tuple[int, str], Cell]) -> None:
-        oldest = int(self._clock()) - WINDOW_TTL_SECONDS
-        for (bucket, variant), cell in cells.items():
-            if bucket < oldest:
-                continue
-            mine = self._cells.setdefault((bucket, variant), {})
-            for name, n in cell.items():
-                mine[name] = mine.get(name, 0) + n
-        while len(self._cells) > _MAX_RETAINED_BUCKETS * 4:
-            del self._cells[min(self._cells)]
+from lvm_gateway.contract.keys import RedisKeys
+from lvm_gateway.contract.windows import BUCKET_SECONDS
+from lvm_gateway.rollout.observations import VariantWindow
 
 
 async def read_windows(
@@ -121,13 +24,14 @@ async def read_windows(
     bucket_seconds: int = BUCKET_SECONDS,
 ) -> dict[str, VariantWindow]:
     """Every replica's counts for each variant, summed over the buckets overlapping the range."""
+    keys = RedisKeys(prefix)
     names = list(dict.fromkeys(variants))
     first = int(since) // bucket_seconds * bucket_seconds
     buckets = range(first, int(until) + 1, bucket_seconds)
     pipe = client.pipeline(transaction=False)
     for variant in names:
         for bucket in buckets:
-            pipe.hgetall(window_key(prefix, variant, bucket))
+            pipe.hgetall(keys.window(variant, bucket))
     replies = iter(await pipe.execute())
     out: dict[str, VariantWindow] = {}
     for variant in names:

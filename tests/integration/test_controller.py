@@ -14,15 +14,16 @@ from typing import Any
 import pytest
 import redis
 
+from lvm_gateway.config.load import load_config
+from lvm_gateway.contract.rollout import Phase
 from lvm_gateway.errors import RolloutError
-from lvm_gateway.gateway.config import load_config
 from lvm_gateway.procs import start, stop
+from lvm_gateway.redisconn import open_client
 from lvm_gateway.rollout import ops
+from lvm_gateway.rollout.agent.recorder import WindowRecorder
 from lvm_gateway.rollout.controller import reconcile_once, run_controller
 from lvm_gateway.rollout.lease import Lease
-from lvm_gateway.rollout.model import Phase
-from lvm_gateway.rollout.store import RolloutStore, open_client
-from lvm_gateway.rollout.windows import WindowRecorder
+from lvm_gateway.rollout.store import RolloutStore
 from tests.rolloutkit import feed, write_policy
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,9 @@ import numpy as np
 import orjson
 import pytest
 
+from lvm_gateway.contract.lvm import DIM
 from lvm_gateway.lvm import server
-from lvm_gateway.lvm.world import DIM, World
+from lvm_gateway.lvm.world import World
 from lvm_gateway.procs import BIN, free_port
 from tests.integration.gateway_env import model_server
 

@@ -26,10 +26,10 @@ from typing import Any
 import pytest
 import yaml
 
+from lvm_gateway.contract.rollout import Phase, RolloutStatus
 from lvm_gateway.lvm.traffic import TrafficConfig, TrafficReport, run_traffic
 from lvm_gateway.procs import BIN
 from lvm_gateway.rollout import ops
-from lvm_gateway.rollout.model import Phase, RolloutStatus
 from lvm_gateway.rollout.store import RolloutStore
 from tests.integration.gateway_env import Gateway, gateway, model_servers
 from tests.rolloutkit import rollout_store

@@ -17,11 +17,11 @@ import httpx
 import pytest
 from redis.exceptions import RedisError
 
+from lvm_gateway.contract.rollout import Phase, RolloutStatus
 from lvm_gateway.procs import BIN, free_port
-from lvm_gateway.redisconn import start_redis_server
+from lvm_gateway.redisconn import open_client, start_redis_server
 from lvm_gateway.rollout import ops
-from lvm_gateway.rollout.model import Phase, RolloutStatus
-from lvm_gateway.rollout.store import RolloutStore, open_client
+from lvm_gateway.rollout.store import RolloutStore
 from tests.integration.gateway_env import gateway, infer_body, model_servers
 from tests.rolloutkit import rollout_store, write_policy
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from lvm_gateway.gateway.config import load_config
+from lvm_gateway.config.load import load_config
 from lvm_gateway.procs import free_port
-from lvm_gateway.redisconn import start_redis_server
+from lvm_gateway.redisconn import open_client, start_redis_server
 from lvm_gateway.rollout import ops
-from lvm_gateway.rollout.dataplane import RolloutDataPlane, rollout_pairs
-from lvm_gateway.rollout.snapshot import RolloutSnapshot
-from lvm_gateway.rollout.store import RolloutStore, open_client
+from lvm_gateway.rollout.agent.dataplane import RolloutDataPlane, rollout_pairs
+from lvm_gateway.rollout.agent.snapshot import RolloutSnapshot
+from lvm_gateway.rollout.store import RolloutStore
 from tests.rolloutkit import write_policy
 
 pytestmark = pytest.mark.integration

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from lvm_gateway.config.load import load_config
+from lvm_gateway.contract.rollout import Actor, Phase
 from lvm_gateway.errors import (
     ConflictError,
     InvalidTransitionError,
@@ -17,11 +19,10 @@ from lvm_gateway.errors import (
     ThresholdError,
     UnknownRolloutError,
 )
-from lvm_gateway.gateway.config import load_config
+from lvm_gateway.redisconn import open_client
 from lvm_gateway.rollout import ops
 from lvm_gateway.rollout.lease import Lease
-from lvm_gateway.rollout.model import Actor, Phase
-from lvm_gateway.rollout.store import RolloutStore, open_client
+from lvm_gateway.rollout.store import RolloutStore
 from lvm_gateway.rollout.transitions import advance, pause
 from tests.rolloutkit import write_policy
 
@@ -141,7 +142,7 @@ async def test_history_shape(store: RolloutStore) -> None:
 
 async def test_every_transition_publishes_and_bumps_the_epoch(store: RolloutStore) -> None:
     pubsub = store.client.pubsub()
-    await pubsub.subscribe(store.channel)
+    await pubsub.subscribe(store.keys.events)
     await pubsub.get_message(timeout=1)  # the subscribe confirmation
     epoch = await store.epoch()
     await ops.start(store, "phase2")
@@ -183,8 +184,8 @@ async def test_describe_shows_metrics_lanes_and_the_expected_decision(
 ) -> None:
     from rich.console import Console
 
+    from lvm_gateway.rollout.agent.recorder import WindowRecorder
     from lvm_gateway.rollout.cli import status_table
-    from lvm_gateway.rollout.windows import WindowRecorder
 
     await ops.start(store, "phase2")
     await store.set_thresholds("phase2", {"step_min_seconds": "600"})

@@ -8,10 +8,12 @@ import uuid
 import pytest
 import redis
 
+from lvm_gateway.contract.windows import WINDOW_TTL_SECONDS
 from lvm_gateway.procs import free_port
+from lvm_gateway.redisconn import open_client
+from lvm_gateway.rollout.agent.recorder import WindowRecorder
 from lvm_gateway.rollout.observations import quantile_ms
-from lvm_gateway.rollout.store import open_client
-from lvm_gateway.rollout.windows import WINDOW_TTL_SECONDS, WindowRecorder, read_windows
+from lvm_gateway.rollout.windows import read_windows
 from tests.rolloutkit import feed
 
 pytestmark = pytest.mark.integration

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from lvm_gateway.contract.gate import GateRuntime
 from lvm_gateway.errors import CheckpointError
 from lvm_gateway.lvm.checkpoint import load_checkpoint, save_checkpoint
 from lvm_gateway.lvm.evaluate import hit_rates
-from lvm_gateway.lvm.gate import GateRuntime, load_gate
+from lvm_gateway.lvm.gate import load_gate
 from lvm_gateway.lvm.model import GRUPredictor, MemoryAugmentedGRU
 from lvm_gateway.lvm.train import TrainConfig, train, walks
 from lvm_gateway.lvm.world import World
@@ -83,7 +84,7 @@ def test_cli_trains_then_fits_a_gate_over_16_experts(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "fitted" in done.stderr and "uniform" in done.stderr
-    weights = GateRuntime(load_gate(gate_file)).gate_weights((1, 2, 3))
+    weights = GateRuntime(load_gate(gate_file).weights()).gate_weights((1, 2, 3))
     assert weights.shape == (16,) and weights.sum() == pytest.approx(1.0)
 
 

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from lvm_gateway.contract.rollout import RolloutSpec, Thresholds
+from lvm_gateway.contract.windows import LATENCY_BOUNDS_MS, latency_field
 from lvm_gateway.rollout.analysis import METRICS, Verdict, analyse
-from lvm_gateway.rollout.observations import (
-    LATENCY_BOUNDS_MS,
-    Observations,
-    VariantWindow,
-    latency_field,
-    quantile_ms,
-)
-from lvm_gateway.rollout.spec import RolloutSpec, Thresholds
+from lvm_gateway.rollout.observations import Observations, VariantWindow, quantile_ms
 
 
 def window(n: int, errors: int = 0, latency_ms: float = 1.0) -> VariantWindow:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from lvm_gateway.config.spec import CircuitSpec
 from lvm_gateway.gateway.circuit import Circuits
-from lvm_gateway.gateway.config import CircuitSpec
 
 
 class Clock:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from lvm_gateway.config.load import json_schema, load_config
 from lvm_gateway.errors import ConfigError
-from lvm_gateway.gateway.cli import main as gateway_main
-from lvm_gateway.gateway.config import json_schema, load_config
 from lvm_gateway.policies.canary import Canary
+from lvm_gateway.serve import main as gateway_main
 
 DATA = Path(__file__).parent.parent / "data"
 EXAMPLE = Path(__file__).parents[2] / "deploy" / "policies" / "lvm.yaml"

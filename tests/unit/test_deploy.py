@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from lvm_gateway.gateway.config import json_schema, parse_config
+from lvm_gateway.config.load import json_schema, parse_config
 from lvm_gateway.gateway.metrics import MetricsRecorder, RolloutCollector
 
 DEPLOY = Path(__file__).parents[2] / "deploy"

@@ -8,16 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from lvm_gateway.contract.gate import GateRuntime, encode_tmd
 from lvm_gateway.errors import CheckpointError
-from lvm_gateway.lvm.gate import (
-    GateRuntime,
-    TMDGate,
-    default_gate,
-    encode_tmd,
-    lane_detector_gate,
-    load_gate,
-    save_gate,
-)
+from lvm_gateway.lvm.gate import TMDGate, default_gate, lane_detector_gate, load_gate, save_gate
 
 torch.set_num_threads(1)
 
@@ -41,7 +34,7 @@ def test_encoding_rejects_out_of_range_codes(tmd, message):
 
 
 def test_default_gate_sends_lane_i_to_expert_i_whatever_the_task_and_modifier():
-    runtime = GateRuntime(default_gate())
+    runtime = GateRuntime(default_gate().weights())
     for lane in range(16):
         for task, modifier in [(0, 0), (31, 63), (lane, 2 * lane)]:
             weights = runtime.gate_weights((lane, task, modifier))
@@ -54,7 +47,7 @@ def test_default_gate_sends_lane_i_to_expert_i_whatever_the_task_and_modifier():
 def test_numpy_path_matches_torch_for_any_gate():
     torch.manual_seed(3)
     gate = TMDGate().eval()
-    runtime = GateRuntime(gate)
+    runtime = GateRuntime(gate.weights())
     for tmd in [(0, 0, 0), (7, 12, 40), (15, 31, 63), None]:
         with torch.no_grad():
             expected = gate(torch.from_numpy(encode_tmd(tmd))).numpy()
@@ -64,7 +57,7 @@ def test_numpy_path_matches_torch_for_any_gate():
 def test_top_k_renormalises_and_masks_to_the_next_best():
     logits = np.zeros((16, 16))
     logits[3, [3, 9, 1]] = [3.0, 2.0, 1.0]
-    runtime = GateRuntime(lane_detector_gate(logits))
+    runtime = GateRuntime(lane_detector_gate(logits).weights())
     w = runtime.gate_weights((3, 0, 0))
     top = runtime.top_k((3, 0, 0), 2)
     assert [e for e, _ in top] == [3, 9]
@@ -83,7 +76,7 @@ def test_top_k_renormalises_and_masks_to_the_next_best():
 
 
 def test_decision_is_fast_once_cached():
-    runtime = GateRuntime(default_gate())
+    runtime = GateRuntime(default_gate().weights())
     codes = [(d, t, m) for d in range(16) for t in (0, 5) for m in (1, 9)]
     for code in codes:
         runtime.top_k(code, 2)

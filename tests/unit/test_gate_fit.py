@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lvm_gateway.lvm.gate import GateRuntime
+from lvm_gateway.contract.gate import GateRuntime
+from lvm_gateway.contract.lvm import N_LANES
 from lvm_gateway.lvm.gate_fit import baselines, expert_quality, fit_gate, lane_eval
 from lvm_gateway.lvm.predictor import PROFILES, AnalyticPredictor
-from lvm_gateway.lvm.world import N_LANES, World
+from lvm_gateway.lvm.world import World
 
 
 def home_lane(expert: int) -> int:
@@ -49,6 +50,6 @@ def test_fitted_gate_beats_uniform_and_best_single(world_and_experts):
     assert scores["fitted"] > scores["uniform_top_k"] + 0.2, scores
     assert scores["fitted"] > scores["uniform_all"] + 0.2, scores
 
-    runtime = GateRuntime(fit.gate)
+    runtime = GateRuntime(fit.gate.weights())
     for e in range(N_LANES):
         assert e in [chosen for chosen, _ in runtime.top_k((home_lane(e), 7, 11), 2)]

@@ -8,8 +8,8 @@ import random
 import pytest
 import yaml
 
+from lvm_gateway.config.load import parse_config
 from lvm_gateway.errors import BadRequestError
-from lvm_gateway.gateway.config import parse_config
 from lvm_gateway.policies.base import Decision, Policy, RequestInfo, RoutingView
 
 N_USERS = 100_000

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lvm_gateway.contract.lvm import DIM, cosine_hits
 from lvm_gateway.lvm.predictor import CALIBRATION_CONTEXT, Predictor, analytic
-from lvm_gateway.lvm.world import DIM, World, cosine_hits
+from lvm_gateway.lvm.world import World
 
 N = 1000  # sequences: the standard error of a Hit@5 estimate is then ~1.5 points
 

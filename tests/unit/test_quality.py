@@ -17,7 +17,8 @@ from lvm_gateway.gateway.records import (
     pack_answer,
     unpack_answer,
 )
-from lvm_gateway.gateway.signals import inspect_answer, lane_of
+from lvm_gateway.gateway.signals import inspect_answer
+from lvm_gateway.policies.base import RequestInfo
 
 DIM = 768
 
@@ -62,6 +63,10 @@ def test_valid_answer_and_empty_hit() -> None:
 def test_invalid_answers(body: bytes, message: str) -> None:
     with pytest.raises(InvalidPredictionError, match=message):
         inspect_answer(body, "canary")
+
+
+def lane_of(headers: dict[str, str], body: bytes) -> str:
+    return RequestInfo(headers, body).lane()
 
 
 def test_lane_from_header_then_body() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lvm_gateway.rollout.model import Phase, RolloutStatus
-from lvm_gateway.rollout.snapshot import RolloutSnapshot, weight_of
-from lvm_gateway.rollout.windows import WindowRecorder
+from lvm_gateway.contract.rollout import Phase, RolloutStatus
+from lvm_gateway.rollout.agent.recorder import WindowRecorder
+from lvm_gateway.rollout.agent.snapshot import RolloutSnapshot, weight_of
 
 PAIR = ("phase1", "phase2")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from lvm_gateway.config.load import parse_config
+from lvm_gateway.contract.rollout import RolloutSpec
 from lvm_gateway.errors import ConfigError
-from lvm_gateway.gateway.config import parse_config
-from lvm_gateway.rollout.spec import RolloutSpec
 
 DOC = {
     "variants": {"a": {"url": "http://127.0.0.1:1"}, "b": {"url": "http://127.0.0.1:2"}},

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from lvm_gateway.contract.rollout import Phase, RolloutSpec, RolloutStatus
+from lvm_gateway.contract.windows import latency_field
 from lvm_gateway.errors import InvalidTransitionError
 from lvm_gateway.rollout import transitions as t
 from lvm_gateway.rollout.analysis import analyse
-from lvm_gateway.rollout.model import Phase, RolloutStatus
-from lvm_gateway.rollout.observations import Observations, VariantWindow, latency_field
-from lvm_gateway.rollout.spec import RolloutSpec
+from lvm_gateway.rollout.observations import Observations, VariantWindow
 
 SPEC = RolloutSpec(route="/infer")
 T0 = 5_000.0

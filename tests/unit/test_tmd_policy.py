@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import yaml
 
+from lvm_gateway.config.load import parse_config
 from lvm_gateway.errors import BadRequestError, ConfigError
-from lvm_gateway.gateway.config import parse_config
 from lvm_gateway.gateway.fusion import fuse
 from lvm_gateway.gateway.signals import Prediction
 from lvm_gateway.policies.base import Policy, RequestInfo, RoutingView

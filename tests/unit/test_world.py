@@ -5,16 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lvm_gateway.contract.lvm import DIM, N_LANES, cosine_hits, id_hits, is_empty_hit
 from lvm_gateway.lvm.predictor import analytic
-from lvm_gateway.lvm.world import (
-    CLUSTER_SIZE,
-    DIM,
-    N_LANES,
-    World,
-    cosine_hits,
-    id_hits,
-    is_empty_hit,
-)
+from lvm_gateway.lvm.world import CLUSTER_SIZE, World
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,8 @@
-"""`lvm-gateway serve | validate | schema`: thin verbs over importable functions."""
+"""`lvm-gateway serve | validate | schema`: thin verbs over importable functions.
+
+The one wiring point: `build_app` hands the data plane (gateway/) the control plane's agent
+(rollout/agent/). Nowhere else do the two planes import each other.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,8 @@ import socket
 import sys
 import tempfile
 
+from lvm_gateway.config.load import json_schema, load_config
 from lvm_gateway.errors import ConfigError, RedisUnavailableError
-from lvm_gateway.gateway.config import json_schema, load_config
 
 _ENV_CONFIG = "LVMGW_CONFIG"
 _ENV_REDIS = "LVMGW_REDIS_URL"
@@ -30,7 +34,7 @@ def validate(path: str) -> list[str]:
 def build_app() -> object:
     """uvicorn factory: every worker builds its own app from the environment `serve` set."""
     from lvm_gateway.gateway.app import GatewayApp
-    from lvm_gateway.rollout.dataplane import RolloutDataPlane
+    from lvm_gateway.rollout.agent.dataplane import RolloutDataPlane
 
     config = load_config(os.environ[_ENV_CONFIG])
     redis_url = os.environ[_ENV_REDIS]
@@ -63,7 +67,7 @@ def serve(
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lvmgw-metrics-")
     uvicorn.run(
-        "lvm_gateway.gateway.cli:build_app",
+        "lvm_gateway.serve:build_app",
         factory=True,
         host=host,
         port=port,

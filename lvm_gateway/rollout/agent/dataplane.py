@@ -22,11 +22,12 @@ from collections.abc import Mapping
 
 from redis.exceptions import RedisError
 
-from lvm_gateway.gateway.config import Config
+from lvm_gateway.config.load import Config
+from lvm_gateway.redisconn import open_client
+from lvm_gateway.rollout.agent.recorder import WindowRecorder
+from lvm_gateway.rollout.agent.snapshot import Pair, RolloutSnapshot
 from lvm_gateway.rollout.controller import run_controller
-from lvm_gateway.rollout.snapshot import Pair, RolloutSnapshot
-from lvm_gateway.rollout.store import RolloutStore, open_client
-from lvm_gateway.rollout.windows import WindowRecorder
+from lvm_gateway.rollout.store import RolloutStore
 
 log = logging.getLogger(__name__)
 

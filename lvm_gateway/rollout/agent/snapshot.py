@@ -21,8 +21,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from lvm_gateway.rollout.model import Phase, RolloutStatus
-from lvm_gateway.rollout.store import RolloutStore, open_client
+from lvm_gateway.contract.rollout import Phase, RolloutStatus
+from lvm_gateway.redisconn import open_client
+from lvm_gateway.rollout.store import RolloutStore
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class RolloutSnapshot:
             store = RolloutStore(client, self.prefix)
             pubsub = client.pubsub()
             try:
-                await pubsub.subscribe(store.channel)
+                await pubsub.subscribe(store.keys.events)
                 epoch = await self.refresh(store)
                 self.connected = True
                 backoff = 0.05

@@ -13,91 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
+from lvm_gateway.config.spec import ConfigSpec, VariantSpec
+from lvm_gateway.contract.rollout import RolloutSpec
+from lvm_gateway.contract.strict import pydantic_errors
 from lvm_gateway.errors import ConfigError, UnknownPluginError
-from lvm_gateway.policies.base import BuildContext, Leaf, Policy, PolicySpec, StrictModel, plugin
-from lvm_gateway.rollout.spec import RolloutSpec
-
-
-class CircuitSpec(StrictModel):
-    errors: int = Field(default=10, ge=1)  # the seed: 10 errors ...
-    window: int = Field(default=100, ge=1)  # ... in a window of 100 requests
-    open_seconds: float = Field(default=5.0, gt=0)  # then one probe request is let through
-
-    @model_validator(mode="after")
-    def _errors_fit_window(self) -> CircuitSpec:
-        if self.errors > self.window:
-            raise ValueError(f"errors ({self.errors}) must be <= window ({self.window})")
-        return self
-
-
-class VariantSpec(StrictModel):
-    url: str | None = None
-    urls: tuple[str, ...] | None = None
-    timeout_ms: float = Field(default=1000, gt=0)
-    max_connections: int = Field(default=256, ge=1)
-    circuit: CircuitSpec = CircuitSpec()
-
-    @model_validator(mode="after")
-    def _one_of_url_urls(self) -> VariantSpec:
-        if (self.url is None) == (self.urls is None):
-            raise ValueError("give exactly one of 'url' or 'urls'")
-        for u in self.endpoints:
-            parts = urlsplit(u)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ValueError(f"{u!r} is not an http(s) URL")
-        return self
-
-    @property
-    def endpoints(self) -> tuple[str, ...]:
-        return (self.url,) if self.url is not None else tuple(self.urls or ())
-
-
-class RouteSpec(StrictModel):
-    path: str
-    methods: tuple[str, ...] = ("POST",)
-    fallback: bool = True  # serve the stable variant when the canary fails
-    # Inspect answers as LVM predictions: NaN/Inf and wrong dimensions become errors, empty hits
-    # are counted, and predictions are recorded for feedback. Off for non-inference routes.
-    inspect: bool = True
-    policy: PolicySpec
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, path: str) -> str:
-        if not path.startswith("/"):
-            raise ValueError("must start with '/'")
-        if path.startswith(("/v1/feedback", "/healthz", "/readyz", "/metrics")):
-            raise ValueError(f"{path} is reserved by the gateway")
-        return path
-
-
-class FeedbackSpec(StrictModel):
-    # Defaults sized for production: recording every answer costs ~70 us of gateway CPU per
-    # request and 1.3 KB of Redis per record (measured), so 10% is kept, for 5 minutes; at
-    # 1,000 req/s that is 100 scored answers a second and 39 MB of Redis.
-    ttl_seconds: float = Field(default=300, gt=0)
-    sample_rate: float = Field(default=0.1, ge=0, le=1)
-
-
-class ConfigSpec(StrictModel):
-    variants: dict[str, VariantSpec]
-    routes: tuple[RouteSpec, ...]
-    rollouts: dict[str, RolloutSpec] = {}
-    feedback: FeedbackSpec = FeedbackSpec()
-    redis_prefix: str = "lvmgw"
-    mirror_max_inflight: int = Field(default=64, ge=0)  # mirrored copies beyond this are dropped
-
-    @field_validator("variants")
-    @classmethod
-    def _some_variants(cls, v: dict[str, VariantSpec]) -> dict[str, VariantSpec]:
-        if not v:
-            raise ValueError("declare at least one variant")
-        return v
+from lvm_gateway.policies.base import BuildContext, Leaf, Policy, PolicySpec, plugin, plugins
 
 
 @dataclass(frozen=True)
@@ -126,35 +50,6 @@ class Config:
     @property
     def rollouts(self) -> Mapping[str, RolloutSpec]:
         return self.spec.rollouts
-
-
-def format_loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(document)"
-
-
-def _pydantic_errors(exc: ValidationError, prefix: str = "") -> list[str]:
-    errors = []
-    for err in exc.errors():
-        # Tagged-union and function-validator locations add noise that is not in the document.
-        loc = tuple(p for p in err["loc"] if p not in ("function-after[_steps_increase()]",))
-        path = format_loc(loc)
-        if prefix:
-            path = prefix if path == "(document)" else f"{prefix}.{path}"
-        msg = err["msg"].removeprefix("Value error, ")
-        if msg.startswith("[") and "]: " in msg:
-            # A validator that points inside a list ("[2]: must be > 20") extends the path.
-            index, msg = msg.split(": ", 1)
-            path += index
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        errors.append(f"{path}: {msg}")
-    return errors
 
 
 class _TreeBuilder:
@@ -190,7 +85,7 @@ class _TreeBuilder:
         try:
             params = plug.params.model_validate(raw if raw is not None else {})
         except ValidationError as exc:
-            self.errors.extend(_pydantic_errors(exc, f"{path}.{name}"))
+            self.errors.extend(pydantic_errors(exc, f"{path}.{name}"))
             return Leaf("?")
         try:
             return plug.build(params, self.ctx, f"{path}.{name}")
@@ -204,7 +99,7 @@ def parse_config(data: Any, source: str = "") -> Config:
     try:
         spec = ConfigSpec.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_pydantic_errors(exc) + _policy_errors_of_raw(data)) from exc
+        raise ConfigError(pydantic_errors(exc) + _policy_errors_of_raw(data)) from exc
     errors: list[str] = []
     variants = frozenset(spec.variants)
     rollout_by_route: dict[str, str] = {}
@@ -287,8 +182,6 @@ def load_config(path: str | Path) -> Config:
 
 def json_schema() -> dict[str, Any]:
     """JSON Schema for editors: the document shape, with each policy's params as a oneOf."""
-    from lvm_gateway.policies.base import plugins
-
     schema = ConfigSpec.model_json_schema()
     defs = schema.setdefault("$defs", {})
     one_of: list[dict[str, Any]] = [{"type": "string", "description": "a variant name"}]

@@ -1,0 +1,58 @@
+"""Every Redis key and channel name, built in one place from the deployment's prefix.
+
+{prefix}:rollouts                  set of rollout names ever registered
+{prefix}:rollout:{name}:spec       JSON {spec, stable, canary}: the YAML, as last loaded
+{prefix}:rollout:{name}:status     hash {data: JSON status, version, fence}
+{prefix}:rollout:{name}:thresholds JSON tunables (seeded from the YAML on start)
+{prefix}:rollout:{name}:history    stream of transitions, oldest first
+{prefix}:epoch                     bumped by every transition (gateways poll it)
+{prefix}:events                    pub/sub channel: "<name> <version>" per transition
+{prefix}:leader                    the controller lease, "<fencing token>:<identity>"
+{prefix}:fence                     the fencing token counter
+{prefix}:win:{variant}:{bucket}    window counters of one time bucket (contract.windows)
+{prefix}:pred:{request_id}         a sampled prediction record, for feedback
+{prefix}:fb:{request_id}           set once by the first feedback for a request
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HISTORY_MAXLEN = 10_000  # history entries kept per rollout (approximate trim)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisKeys:
+    prefix: str
+
+    @property
+    def rollouts(self) -> str:
+        return f"{self.prefix}:rollouts"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.prefix}:epoch"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}:events"
+
+    @property
+    def leader(self) -> str:
+        return f"{self.prefix}:leader"
+
+    @property
+    def fence(self) -> str:
+        return f"{self.prefix}:fence"
+
+    def rollout(self, name: str, part: str) -> str:
+        return f"{self.prefix}:rollout:{name}:{part}"
+
+    def window(self, variant: str, bucket: int) -> str:
+        return f"{self.prefix}:win:{variant}:{bucket}"
+
+    def prediction(self, request_id: str) -> str:
+        return f"{self.prefix}:pred:{request_id}"
+
+    def feedback_seen(self, request_id: str) -> str:
+        return f"{self.prefix}:fb:{request_id}"

@@ -1,0 +1,112 @@
+"""The LVM wire contract: what a prediction is, what a lane is, and how an answer is scored.
+
+From the LVM project (DESIGN.md section 2): vectors are 768-d; a TMD code is (domain 0-15,
+task 0-31, modifier 0-63) and a request's lane is its domain; the Hit@K proxy counts
+cosine(predicted, clicked) above 0.8 / 0.6 / 0.4 as a hit at 1 / 5 / 10; an answer is an empty
+hit when its best neighbour scores below 0.4. The gateway, the controller and the reference
+servers all read these rules from here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from lvm_gateway.errors import BadRequestError
+
+DIM = 768
+N_LANES = 16  # TMD domains
+N_TASKS = 32
+N_MODIFIERS = 64
+HIT_THRESHOLDS: dict[int, float] = {1: 0.8, 5: 0.6, 10: 0.4}
+EMPTY_HIT_THRESHOLD = 0.4
+
+Tmd = tuple[int, int, int]
+TMD_FIELDS: tuple[tuple[str, int], ...] = (
+    ("domain", N_LANES),
+    ("task", N_TASKS),
+    ("modifier", N_MODIFIERS),
+)
+NO_LANE = "none"  # a request without a (valid) TMD domain
+
+# Header names, lower-case as the ASGI server gives them. X-TMD-Lane is an alias of the domain.
+_DOMAIN_HEADERS = ("x-tmd-domain", "x-tmd-lane")
+_TASK_HEADER, _MODIFIER_HEADER = "x-tmd-task", "x-tmd-modifier"
+# The domain of a body's tmd_codes, found without parsing megabytes of context vectors.
+_BODY_DOMAIN = re.compile(rb'"tmd_codes"\s*:\s*\[\s*(-?\d+)')
+
+
+def lane_name(domain: int | None) -> str:
+    """`lane_<domain>` for a valid domain, else `none`."""
+    return f"lane_{domain}" if domain is not None and 0 <= domain < N_LANES else NO_LANE
+
+
+def tmd_from_headers(headers: Mapping[str, str]) -> Tmd | None:
+    """(domain, task, modifier) from X-TMD-Domain (or X-TMD-Lane), -Task and -Modifier; None
+    without a domain header. Task and modifier default to 0."""
+    domain = next((headers[h] for h in _DOMAIN_HEADERS if h in headers), None)
+    if domain is None:
+        return None
+    try:
+        return (
+            int(domain),
+            int(headers.get(_TASK_HEADER, "0")),
+            int(headers.get(_MODIFIER_HEADER, "0")),
+        )
+    except ValueError as exc:
+        raise BadRequestError("X-TMD-* headers must be integers") from exc
+
+
+def tmd_from_body(doc: Any) -> Tmd | None:
+    """The body's `tmd_codes` [domain, task, modifier]; None when absent."""
+    codes = doc.get("tmd_codes") if isinstance(doc, dict) else None
+    if codes is None:
+        return None
+    if (
+        not isinstance(codes, list)
+        or len(codes) != len(TMD_FIELDS)
+        or not all(isinstance(c, int) and not isinstance(c, bool) for c in codes)
+    ):
+        raise BadRequestError("tmd_codes must be a list of three integers [domain, task, modifier]")
+    return (codes[0], codes[1], codes[2])
+
+
+def domain_in_body(body: bytes) -> int | None:
+    """The body's tmd_codes[0] by a byte scan (no JSON parse); None when there is none."""
+    m = _BODY_DOMAIN.search(body)
+    return int(m.group(1)) if m else None
+
+
+def check_tmd(tmd: Sequence[Any]) -> None:
+    """ValueError unless `tmd` is three integers within their fields' ranges."""
+    if len(tmd) != len(TMD_FIELDS):
+        raise ValueError(f"a TMD code is (domain, task, modifier), got {tmd!r}")
+    for value, (name, size) in zip(tmd, TMD_FIELDS, strict=True):
+        if not isinstance(value, int | np.integer) or not 0 <= value < size:
+            raise ValueError(f"TMD {name} must be an integer in 0..{size - 1}, got {value!r}")
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def cosine_hits(predicted: np.ndarray, clicked: np.ndarray) -> dict[int, bool]:
+    """The seed's proxy: cosine(predicted, clicked) above 0.8 / 0.6 / 0.4 is hit@1 / @5 / @10."""
+    c = cosine(predicted, clicked)
+    return {k: c > threshold for k, threshold in HIT_THRESHOLDS.items()}
+
+
+def id_hits(clicked_id: str, neighbor_ids: Sequence[str]) -> dict[int, bool]:
+    """Exact scoring: hit@k when the clicked id is among the first k returned neighbours."""
+    return {k: clicked_id in neighbor_ids[:k] for k in HIT_THRESHOLDS}
+
+
+def is_empty_hit(neighbor_scores: Sequence[float]) -> bool:
+    """The seed's empty hit: no neighbours, or the best one below cosine 0.4."""
+    return not neighbor_scores or max(neighbor_scores) < EMPTY_HIT_THRESHOLD
