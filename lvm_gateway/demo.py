@@ -78,9 +78,9 @@ feedback: {{ttl_seconds: 120, sample_rate: 1.0}}
 redis_prefix: {PREFIX}
 """
     if rollout:
-        # Demo scale: seconds per step instead of hours. Quality gates are the seed's; latency
+        # Demo scale: seconds per step instead of hours. Quality gates are the LVM plan's; latency
         # bounds leave room for a 2-core machine running the model servers, the gateway and the
-        # load generator at once (the seed's 5/10 ms are GPU-server numbers).
+        # load generator at once (the LVM plan's 5/10 ms are GPU-server numbers).
         text += f"""rollouts:
   {rollout}:
     route: /infer

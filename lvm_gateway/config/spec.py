@@ -23,7 +23,7 @@ RESERVED_PATHS = (FEEDBACK_PATH, HEALTH_PATH, READY_PATH, METRICS_PATH)
 
 
 class CircuitSpec(StrictModel):
-    errors: int = Field(default=10, ge=1)  # the seed: 10 errors ...
+    errors: int = Field(default=10, ge=1)  # the LVM plan: 10 errors ...
     window: int = Field(default=100, ge=1)  # ... in a window of 100 requests
     open_seconds: float = Field(default=5.0, gt=0)  # then one probe request is let through
 

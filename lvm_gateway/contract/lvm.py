@@ -1,6 +1,6 @@
 """The LVM wire contract: what a prediction is, what a lane is, and how an answer is scored.
 
-From the LVM project (DESIGN.md section 2): vectors are 768-d; a TMD code is (domain 0-15,
+From the LVM project's rollout plan: vectors are 768-d; a TMD code is (domain 0-15,
 task 0-31, modifier 0-63) and a request's lane is its domain; the Hit@K proxy counts
 cosine(predicted, clicked) above 0.8 / 0.6 / 0.4 as a hit at 1 / 5 / 10; an answer is an empty
 hit when its best neighbour scores below 0.4. The gateway, the controller and the reference
@@ -97,7 +97,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def cosine_hits(predicted: np.ndarray, clicked: np.ndarray) -> dict[int, bool]:
-    """The seed's proxy: cosine(predicted, clicked) above 0.8 / 0.6 / 0.4 is hit@1 / @5 / @10."""
+    """the LVM plan's proxy: cosine(predicted, clicked) above 0.8 / 0.6 / 0.4 is hit@1 / @5 / @10."""
     c = cosine(predicted, clicked)
     return {k: c > threshold for k, threshold in HIT_THRESHOLDS.items()}
 
@@ -108,5 +108,5 @@ def id_hits(clicked_id: str, neighbor_ids: Sequence[str]) -> dict[int, bool]:
 
 
 def is_empty_hit(neighbor_scores: Sequence[float]) -> bool:
-    """The seed's empty hit: no neighbours, or the best one below cosine 0.4."""
+    """the LVM plan's empty hit: no neighbours, or the best one below cosine 0.4."""
     return not neighbor_scores or max(neighbor_scores) < EMPTY_HIT_THRESHOLD

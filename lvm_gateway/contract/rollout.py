@@ -8,7 +8,7 @@ Thresholds are a set of named bounds, each `<metric>_max` or `<metric>_min`, whe
 a name in `rollout.analysis.METRICS`. A new signal is one more field here plus one more
 registered metric; nothing else changes.
 
-The defaults are the seed's success criteria and rollback triggers, quality included. A
+The defaults are the LVM plan's success criteria and rollback triggers, quality included. A
 `success:` or `rollback:` mapping in the YAML replaces its defaults as a whole, so a policy judges
 exactly the bounds it lists (a rollout without user feedback lists no hit5/lane_delta bound;
 otherwise it would wait for feedback and pause with "insufficient traffic").

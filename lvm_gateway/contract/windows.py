@@ -31,7 +31,7 @@ def hit(k: int) -> str:
 
 HITS: dict[int, str] = {k: hit(k) for k in HIT_THRESHOLDS}
 
-# Fixed bucket upper bounds (ms): fine around the seed's 5 ms / 10 ms thresholds, coarse beyond.
+# Fixed bucket upper bounds (ms): fine around the LVM plan's 5 ms / 10 ms thresholds, coarse beyond.
 LATENCY_BOUNDS_MS: tuple[float, ...] = (
     0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 9, 10, 12.5, 15, 17.5, 20,
     25, 30, 40, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2500, 5000, 10000,

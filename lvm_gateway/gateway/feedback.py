@@ -1,4 +1,4 @@
-"""User feedback: parse it strictly, score the recorded answers with the seed's Hit@K proxy,
+"""User feedback: parse it strictly, score the recorded answers with the LVM plan's Hit@K proxy,
 count the scores.
 
 `{"request_id", "clicked_vector": [768]}` is scored by cosine (> 0.8 / 0.6 / 0.4 is a hit at

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 # `_created` series double the exposition size and no dashboard here uses them.
 disable_created_metrics()
 
-# Fixed buckets from 0.5 ms to 10 s: the seed's targets (5 ms, 10 ms) fall on bucket edges.
+# Fixed buckets from 0.5 ms to 10 s: the LVM plan's targets (5 ms, 10 ms) fall on bucket edges.
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Held-out Hit@K of any predictor on world sequences, scored by the seed's cosine proxy."""
+"""Held-out Hit@K of any predictor on world sequences, scored by the LVM plan's cosine proxy."""
 
 from __future__ import annotations
 

@@ -34,13 +34,13 @@ class Profile:
     window: int  # most recent context vectors read
     half_life: float  # in context steps: how fast older vectors stop counting
     sharpness: float  # exponent on the next-cluster probabilities before mixing centroids
-    latency_ms: float  # the seed's GPU latency, simulated by lvm-serve
+    latency_ms: float  # the LVM plan's GPU latency, simulated by lvm-serve
 
 
 # The context length the profiles are calibrated at (lvm-traffic's default): longer contexts
 # are realistic but cost ~8 KB of JSON per vector on every hop.
 CALIBRATION_CONTEXT = 32
-# Calibrated (tests/unit/test_predictor.py) to the seed's Hit@5 proxy against the world's true
+# Calibrated (tests/unit/test_predictor.py) to the LVM plan's Hit@5 proxy against the world's true
 # next concept: ~59% (Phase 1) and ~66% (Phase 2).
 PROFILES: dict[str, Profile] = {
     "phase1": Profile("phase1", window=100, half_life=2.0, sharpness=1.5, latency_ms=0.5),

@@ -1,4 +1,4 @@
-"""`lvm-serve`: the reference LVM model server speaking the seed's wire protocol.
+"""`lvm-serve`: the reference LVM model server speaking the LVM project's wire protocol.
 
 Profiles `phase1`/`phase2` serve the analytic predictors of the synthetic world (or, with
 `--checkpoint`, a trained model) on aiohttp; `stub` is a raw asyncio protocol that answers every

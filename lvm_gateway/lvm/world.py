@@ -3,7 +3,7 @@
 Concepts are unit 768-d vectors in a three-level hierarchy: 16 lanes (the TMD domain), clusters
 of `CLUSTER_SIZE` near-synonyms inside a lane, and the concepts themselves. Each vector is
 `a*lane + b*cluster + c*own` (orthogonal-ish random parts), so cluster-mates have cosine ~0.7
-(a hit@5 by the seed's proxy), lane-mates ~0.2 and concepts of other lanes ~0.
+(a hit@5 by the LVM plan's proxy), lane-mates ~0.2 and concepts of other lanes ~0.
 
 A sequence stays in one lane. Its next cluster is drawn from the current cluster's few successors
 (the short-range component, a fixed property of the world) weighted by the sequence's theme, a

@@ -1,4 +1,4 @@
-"""`context_length`: route by the number of context vectors (the seed's Option A).
+"""`context_length`: route by the number of context vectors (the LVM plan's option A).
 
 Short contexts go to the model trained on them (phase1, 100-ctx), long ones to the long-context
 model (phase2, 500-ctx). The count comes from `X-Context-Length` when the client sends it, so the

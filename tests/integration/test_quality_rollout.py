@@ -1,4 +1,4 @@
-"""Quality signals as rollout gates, end to end (issue 4).
+"""Quality signals as rollout gates, end to end.
 
 Real `lvm-serve` and `lvm-gateway serve` processes on 127.0.0.1, a real Redis, `lvm-traffic`'s
 users replaying the synthetic world and posting the true next concept as feedback, the gateway's

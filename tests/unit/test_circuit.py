@@ -1,4 +1,4 @@
-"""Circuit breakers with an injected clock: the seed's 10 errors in a window of 100."""
+"""Circuit breakers with an injected clock: the LVM plan's 10 errors in a window of 100."""
 
 from __future__ import annotations
 

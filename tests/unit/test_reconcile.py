@@ -142,7 +142,7 @@ def test_shadow_step_serves_nobody_and_mirrors() -> None:
     assert (s.step, s.weight, s.mirror) == (1, 10.0, 0.0)
 
 
-# The seed's defaults: latency, errors and the quality gates fed by user feedback.
+# the LVM plan's defaults: latency, errors and the quality gates fed by user feedback.
 QSPEC = RolloutSpec.model_validate(
     {"route": "/infer", "step_min_seconds": 30, "min_requests": 200, "min_feedback": 100}
 )

@@ -49,7 +49,7 @@ def test_bounds_and_tunables() -> None:
     assert [spec.step_weight(i) for i in range(3)] == [0.0, 50.0, 100.0]
     tunables = spec.tunables()
     assert "steps" not in tunables
-    assert tunables["success"] == {  # the seed's success criteria
+    assert tunables["success"] == {  # the LVM plan's success criteria
         "p95_ms_max": 5.0, "error_rate_max": 0.001, "hit5_min": 0.6, "empty_rate_max": 0.1,
         "lane_delta_max": 0.15, "invalid_rate_max": 0.0,
     }  # fmt: skip
