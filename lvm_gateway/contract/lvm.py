@@ -97,7 +97,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def cosine_hits(predicted: np.ndarray, clicked: np.ndarray) -> dict[int, bool]:
-    """the LVM plan's proxy: cosine(predicted, clicked) above 0.8 / 0.6 / 0.4 is hit@1 / @5 / @10."""
+    """The LVM plan's proxy: cosine(predicted, clicked) over 0.8 / 0.6 / 0.4 is hit@1 / @5 / @10."""
     c = cosine(predicted, clicked)
     return {k: c > threshold for k, threshold in HIT_THRESHOLDS.items()}
 

@@ -1,4 +1,4 @@
-"""Circuit breakers: the LVM plan's rule, N errors within the last W requests to a variant, opens it.
+"""Circuit breakers: the LVM plan's rule, N errors in the last W requests to a variant, opens it.
 
 While open the variant receives nothing (a canary's traffic goes to the stable variant); after
 `open_seconds` it is half-open: requests flow again and the next outcome closes it (success) or

@@ -1,8 +1,8 @@
 """The LVM project's memory-augmented GRU, state_dict-compatible with its checkpoints.
 
 The layer names, shapes and the buffer/parameter split are part of the checkpoint format
-(the LVM project's facts, contract/lvm.py), so they must not change: with the default sizes the module has exactly
-11,292,160 trainable parameters and the documented state_dict keys.
+(the LVM project's published format), so they must not change: with the default sizes the
+module has exactly 11,292,160 trainable parameters and the documented state_dict keys.
 """
 
 from __future__ import annotations

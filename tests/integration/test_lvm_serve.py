@@ -1,4 +1,4 @@
-"""`lvm-serve` as a real process: the LVM project's wire protocol, 400s for malformed input, fault knobs."""
+"""`lvm-serve` as a real process: the LVM wire protocol, 400s for malformed input, fault knobs."""
 
 from __future__ import annotations
 
