@@ -108,5 +108,5 @@ def id_hits(clicked_id: str, neighbor_ids: Sequence[str]) -> dict[int, bool]:
 
 
 def is_empty_hit(neighbor_scores: Sequence[float]) -> bool:
-    """the LVM plan's empty hit: no neighbours, or the best one below cosine 0.4."""
+    """The LVM plan's empty hit: no neighbours, or the best one below cosine 0.4."""
     return not neighbor_scores or max(neighbor_scores) < EMPTY_HIT_THRESHOLD
