@@ -111,6 +111,7 @@ class GatewayApp:
         self._tasks: set[asyncio.Task[None]] = set()
         self._random = random.random
         self._started = False
+        self.config_error: str | None = None  # why the file on disk is not what serves
         # The fixed endpoints: path -> (methods, handler). Configured routes may not take these
         # paths (config.spec.RESERVED_PATHS).
         self._fixed: dict[str, tuple[frozenset[str], Endpoint]] = {
@@ -178,15 +179,20 @@ class GatewayApp:
     async def _reload(self, path: str) -> None:
         try:
             config = load_config(path)
-        except ConfigError as exc:
+            self._apply(config)  # all or nothing: the upstream pool swaps in one assignment
+        except Exception as exc:  # whatever an edit does, the last good config serves
             self.metrics.reload(False, time.time())
+            errors = (
+                exc.errors if isinstance(exc, ConfigError) else [f"{type(exc).__name__}: {exc}"]
+            )
+            self.config_error = "; ".join(errors)
             log.error(
                 "config reload rejected, still serving %s: %s",
                 self.config.digest,
-                "; ".join(exc.errors),
+                self.config_error,
             )
             return
-        self._apply(config)
+        self.config_error = None
         self.metrics.reload(True, time.time())
         log.info("config reloaded from %s (digest %s)", path, config.digest)
         await self.dataplane.on_config(config)
@@ -361,14 +367,22 @@ class GatewayApp:
         return merged
 
     async def _readyz(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
-        # Degraded (no Redis) still serves with the last known weights, so it stays in rotation.
+        # Degraded still serves (last known weights, last good config), so it stays in rotation;
+        # the reasons say what an operator should look at.
         if not self._started:
             return 503, b'{"status":"starting"}', _JSON
         connected = self.dataplane.connected
+        reasons = [] if connected else ["redis unreachable: routing by the last known weights"]
+        if self.config_error is not None:
+            reasons.append(
+                f"config stale: {self.config.source} failed to load: {self.config_error}"
+            )
         status, body = _json(200, {
-            "status": "ready" if connected else "degraded",
+            "status": "degraded" if reasons else "ready",
             "redis": "connected" if connected else "unreachable",
             "config": self.config.digest,
+            "config_stale": self.config_error is not None,
+            "reasons": reasons,
         })  # fmt: skip
         return status, body, _JSON
 

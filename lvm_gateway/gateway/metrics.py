@@ -118,6 +118,12 @@ class MetricsRecorder:
             registry=registry,
             multiprocess_mode="max",
         )
+        self.config_stale = Gauge(
+            "lvmgw_config_stale",
+            "1 while the policy file on disk failed to load and the last good config serves.",
+            registry=registry,
+            multiprocess_mode="max",
+        )
         self.bad_requests = Counter(
             "lvmgw_bad_requests_total",
             "Requests rejected with a 4xx before reaching a variant, by route.",
@@ -230,6 +236,7 @@ class MetricsRecorder:
 
     def reload(self, ok: bool, at: float) -> None:
         self.reloads.labels("success" if ok else "failure").inc()
+        self.config_stale.set(0 if ok else 1)
         if ok:
             self.config_info.set(at)
 

@@ -7,8 +7,11 @@ replace files by rename or symlink swap, which a stat of the path sees in every 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
 
 
 class ConfigWatcher:
@@ -33,4 +36,9 @@ class ConfigWatcher:
             stamp = self._stamp()
             if stamp is not None and stamp != self._seen:
                 self._seen = stamp
-                await self.on_change(self.path)
+                try:
+                    await self.on_change(self.path)
+                except Exception:  # the watcher outlives any one bad edit
+                    log.exception(
+                        "config reload of %s failed; watching for the next edit", self.path
+                    )

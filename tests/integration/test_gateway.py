@@ -218,3 +218,23 @@ def test_hot_reload_keeps_in_flight_requests(
             t.join()
         assert results == [200] * 4
         gw.wait_until(lambda: gw.infer().headers["x-variant"] == "phase2")
+
+
+def test_hot_reload_survives_any_bad_edit_and_says_the_config_is_stale(
+    servers: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    with gateway(config(servers, CANARY.replace("WEIGHT", "0")), redis_url, tmp_path) as gw:
+        assert gw.http.get("/readyz").json()["config_stale"] is False
+        # A byte that is not UTF-8 used to end the watcher task: every later edit was ignored.
+        gw.config.write_bytes(b"variants:\n  phase1: {url: \"http://127.0.0.1:1\"}\n# \xff\xfe\n")
+        gw.wait_until(lambda: gw.metric("lvmgw_config_reloads_total", result="failure") == 1)
+        ready = gw.http.get("/readyz").json()
+        assert ready["status"] == "degraded" and ready["config_stale"] is True
+        assert any("config stale" in r for r in ready["reasons"])
+        assert gw.metric("lvmgw_config_stale") == 1
+        assert gw.infer({"X-User-Id": "u1"}).headers["x-variant"] == "phase1"
+        # The watcher is still alive: the next good edit applies.
+        gw.config.write_text(config(servers, CANARY.replace("WEIGHT", "100")))
+        gw.wait_until(lambda: gw.infer({"X-User-Id": "u1"}).headers["x-variant"] == "phase2")
+        assert gw.metric("lvmgw_config_stale") == 0
+        assert gw.http.get("/readyz").json()["config_stale"] is False
