@@ -6,12 +6,14 @@ whole document (policy trees, rollout bindings).
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
 from lvm_gateway.contract.rollout import RolloutSpec
 from lvm_gateway.contract.strict import StrictModel
+from lvm_gateway.errors import ConfigError
 from lvm_gateway.policies.base import PolicySpec
 
 # The gateway's fixed endpoints; no configured route may take their paths.
@@ -20,6 +22,7 @@ HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 METRICS_PATH = "/metrics"
 RESERVED_PATHS = (FEEDBACK_PATH, HEALTH_PATH, READY_PATH, METRICS_PATH)
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"  # secrets are named by environment variable, never inlined
 
 
 class CircuitSpec(StrictModel):
@@ -81,6 +84,11 @@ class FeedbackSpec(StrictModel):
     # 1,000 req/s that is 100 scored answers a second and 39 MB of Redis.
     ttl_seconds: float = Field(default=300, gt=0)
     sample_rate: float = Field(default=0.1, ge=0, le=1)
+    # Feedback tokens are HMACs under this secret (an environment variable's name); without it
+    # the replicas share a random key kept in Redis.
+    secret_env: str | None = Field(default=None, pattern=ENV_NAME)
+    # When set, POST /v1/feedback also needs `Authorization: Bearer <that variable's value>`.
+    bearer_token_env: str | None = Field(default=None, pattern=ENV_NAME)
 
 
 class ConfigSpec(StrictModel):
@@ -97,3 +105,11 @@ class ConfigSpec(StrictModel):
         if not v:
             raise ValueError("declare at least one variant")
         return v
+
+
+def read_secret(env_name: str, where: str) -> str:
+    """The value of the environment variable a config field names; ConfigError when unset."""
+    value = os.environ.get(env_name, "")
+    if not value:
+        raise ConfigError([f"{where}: environment variable {env_name} is not set"])
+    return value

@@ -42,6 +42,10 @@ class RedisKeys:
         return f"{self.prefix}:leader"
 
     @property
+    def feedback_key(self) -> str:
+        return f"{self.prefix}:feedback-key"
+
+    @property
     def fence(self) -> str:
         return f"{self.prefix}:fence"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import random
@@ -23,11 +24,18 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from redis.exceptions import RedisError
 
 from lvm_gateway.config.load import Config, Route, load_config
-from lvm_gateway.config.spec import FEEDBACK_PATH, HEALTH_PATH, METRICS_PATH, READY_PATH
+from lvm_gateway.config.spec import (
+    FEEDBACK_PATH,
+    HEALTH_PATH,
+    METRICS_PATH,
+    READY_PATH,
+    read_secret,
+)
 from lvm_gateway.errors import BadRequestError, ConfigError, UpstreamError
 from lvm_gateway.gateway.circuit import Circuits
 from lvm_gateway.gateway.dispatch import Call, Dispatcher, RecorderLike
 from lvm_gateway.gateway.feedback import FeedbackIntake
+from lvm_gateway.gateway.ids import FeedbackTokens, client_id, new_gateway_id
 from lvm_gateway.gateway.metrics import MetricsRecorder, RecordsCollector, RolloutCollector
 from lvm_gateway.gateway.mirror import Mirror
 from lvm_gateway.gateway.records import PredictionRecords
@@ -103,7 +111,9 @@ class GatewayApp:
         )
         self.records_collector = RecordsCollector(lambda: self.records.dropped)
         self.registry.register(self.records_collector)
-        self.feedback = FeedbackIntake(self.records, dataplane.recorder, self.metrics)
+        self.tokens = FeedbackTokens()
+        self.feedback_bearer: str | None = None
+        self.feedback = FeedbackIntake(self.records, self.tokens, dataplane.recorder, self.metrics)
         self.mirror = Mirror(self.dispatch, self.metrics, config.spec.mirror_max_inflight)
         self.watcher = (
             ConfigWatcher(config.source, self._reload) if watch and config.source else None
@@ -129,6 +139,14 @@ class GatewayApp:
         self.redis = open_client(self.redis_url, timeout_s=1.0)
         await self.dataplane.start(self.config)
         self._background(self._flush_records())
+        if not self.tokens.ready:
+            # Start-up may wait a moment for the key, so the first answers can be recorded.
+            task = asyncio.create_task(self._share_token_key())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), 1.0)
+            if not task.done():
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         if self.watcher is not None:
             self._background(self.watcher.run())
         self._started = True
@@ -153,10 +171,19 @@ class GatewayApp:
         self.pool.close()
 
     def _apply(self, config: Config) -> None:
+        fb = config.spec.feedback
+        secret = read_secret(fb.secret_env, "feedback.secret_env") if fb.secret_env else None
+        bearer = (
+            read_secret(fb.bearer_token_env, "feedback.bearer_token_env")
+            if fb.bearer_token_env
+            else None
+        )
         self.pool.configure(dict(config.variants))
+        if secret is not None:
+            self.tokens.set_key(secret.encode())
+        self.feedback_bearer = bearer
         self.circuits.configure({n: v.circuit for n, v in config.variants.items()})
         self.mirror.max_inflight = config.spec.mirror_max_inflight
-        fb = config.spec.feedback
         self.records.configure(config.spec.redis_prefix, fb.ttl_seconds, fb.sample_rate)
         self.config = config
 
@@ -175,6 +202,24 @@ class GatewayApp:
                 await asyncio.sleep(1.0)
                 continue
             failing = False
+
+    async def _share_token_key(self) -> None:
+        """Every replica signs feedback tokens with one random key, created once in Redis. Until
+        Redis answers no token can be issued, so no answer is recorded for feedback."""
+        assert self.redis is not None
+        key_name = self.records.keys.feedback_key
+        backoff = 0.1
+        while not self.tokens.ready:
+            try:
+                await self.redis.set(key_name, os.urandom(32).hex(), nx=True)
+                key = await self.redis.get(key_name)
+            except (RedisError, OSError) as exc:
+                log.debug("feedback token key waits for Redis: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if key is not None:
+                self.tokens.set_key(key)
 
     async def _reload(self, path: str) -> None:
         try:
@@ -231,10 +276,13 @@ class GatewayApp:
             return
         started = time.perf_counter()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = headers.get("x-request-id") or os.urandom(12).hex()
+        gateway_id = new_gateway_id()
+        request_id = gateway_id  # what the client sees: its own X-Request-Id when it sent one
         variant = "none"
         extra: Headers = ()
         try:
+            cid = client_id(headers.get("x-request-id"))
+            request_id = cid or gateway_id
             if scope["method"] not in route.methods:
                 allowed = ", ".join(sorted(route.methods))
                 extra += ((b"allow", allowed.encode()),)
@@ -242,9 +290,11 @@ class GatewayApp:
                     f"{scope['method']} not allowed on {path}; use {allowed}", status=405
                 )
             body = await _read_body(receive)
-            status, payload, ctype, variant = await self._proxy(
-                route, scope, headers, body, request_id
+            status, payload, ctype, variant, recorded = await self._proxy(
+                route, scope, headers, body, gateway_id, cid
             )
+            if recorded and status == 200:
+                extra += ((b"x-feedback-token", self.tokens.issue(gateway_id).encode()),)
         except BadRequestError as exc:
             self.metrics.bad_request(path)
             status, payload = _json(
@@ -267,8 +317,16 @@ class GatewayApp:
         self.metrics.request(path, variant, status, time.perf_counter() - started)
 
     async def _proxy(
-        self, route: Route, scope: Scope, headers: dict[str, str], body: bytes, request_id: str
-    ) -> tuple[int, bytes, bytes, str]:
+        self,
+        route: Route,
+        scope: Scope,
+        headers: dict[str, str],
+        body: bytes,
+        gateway_id: str,
+        cid: str | None,
+    ) -> tuple[int, bytes, bytes, str, bool]:
+        """(status, body, content type, serving variant, answer recorded for feedback)."""
+        request_id = cid or gateway_id
         view = RoutingView(
             weights=self.dataplane.weights,
             shadow=self.dataplane.shadow,
@@ -284,7 +342,9 @@ class GatewayApp:
         target = route.path + (
             f"?{scope['query_string'].decode()}" if scope["query_string"] else ""
         )
-        call = Call(target, body, forward, request_id, request.lane() if route.inspect else None)
+        record = route.inspect and self.tokens.ready and self.records.sampled(gateway_id)
+        lane = request.lane() if route.inspect else None
+        call = Call(target, body, forward, gateway_id, lane, cid, record)
         if decision.mirror is not None:
             self.mirror.submit(decision.mirror, call)
         served = decision.variant
@@ -294,15 +354,15 @@ class GatewayApp:
             fallback = decision.fallback if route.fallback else None
             if fallback is None:
                 status, payload = error_body(exc, request_id)
-                return status, payload, _JSON, served
+                return status, payload, _JSON, served, False
             self.metrics.fallback(route.path, served, fallback)
             served = fallback
             try:
                 resp = await self.dispatch.serve(Decision(fallback), call, served=True)
             except UpstreamError as exc2:
                 status, payload = error_body(exc2, request_id)
-                return status, payload, _JSON, served
-        return resp.status, resp.body, resp.content_type.encode() or _JSON, served
+                return status, payload, _JSON, served, False
+        return resp.status, resp.body, resp.content_type.encode() or _JSON, served, record
 
     # -- fixed endpoints ---------------------------------------------------------------------
 
@@ -332,9 +392,17 @@ class GatewayApp:
 
     async def _feedback_http(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
         assert self.redis is not None
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
+            if self.feedback_bearer is not None and not hmac.compare_digest(
+                headers.get("authorization", ""), f"Bearer {self.feedback_bearer}"
+            ):
+                raise BadRequestError("POST /v1/feedback needs its bearer token", status=401)
             status, payload = await self.feedback.receive(
-                self.redis, await _read_body(receive), self.config.spec.feedback
+                self.redis,
+                await _read_body(receive),
+                headers.get("x-feedback-token"),
+                self.config.spec.feedback,
             )
         except BadRequestError as exc:
             self.metrics.feedback("rejected")
@@ -373,6 +441,8 @@ class GatewayApp:
             return 503, b'{"status":"starting"}', _JSON
         connected = self.dataplane.connected
         reasons = [] if connected else ["redis unreachable: routing by the last known weights"]
+        if not self.tokens.ready:
+            reasons.append("no feedback token key yet: answers are not recorded for feedback")
         if self.config_error is not None:
             reasons.append(
                 f"config stale: {self.config.source} failed to load: {self.config_error}"

@@ -45,8 +45,10 @@ class Call:
     target: str  # path and query
     body: bytes
     headers: dict[str, str]  # forwarded headers, with X-Request-Id
-    request_id: str
+    request_id: str  # the gateway's own id: the key of the prediction record
     lane: str | None  # None on routes that are not LVM inference routes: answers not inspected
+    client_id: str | None = None  # the client's X-Request-Id, for tracing only
+    record: bool = False  # keep the answers for feedback (sampled, and a token can be issued)
 
 
 class Dispatcher:
@@ -66,20 +68,16 @@ class Dispatcher:
         self.inflight: dict[str, int] = {}  # read by policies (expert capacity) via RoutingView
 
     def _observe(
-        self,
-        variant: str,
-        lane: str | None,
-        request_id: str,
-        prediction: Prediction | None,
-        served: bool,
+        self, variant: str, call: Call, prediction: Prediction | None, served: bool
     ) -> None:
+        lane = call.lane
         if prediction is None or lane is None:
             return
         if prediction.empty:
             self.windows.incr(variant, EMPTY, lane=lane)
             self.metrics.empty_hit(variant, lane)
-        if self.records.sampled(request_id):
-            self.records.add(request_id, variant, lane, prediction, served)
+        if call.record:
+            self.records.add(call.request_id, variant, lane, prediction, served, call.client_id)
 
     async def _answer(
         self, variant: str, call: Call, lane: str | None
@@ -122,7 +120,7 @@ class Dispatcher:
             self.metrics.masked(decision.variant, decision.masked)
             return await self._mixture(decision, call, served)
         resp, prediction = await self._answer(decision.variant, call, call.lane)
-        self._observe(decision.variant, call.lane, call.request_id, prediction, served)
+        self._observe(decision.variant, call, prediction, served)
         return resp
 
     async def _mixture(self, decision: Decision, call: Call, served: bool) -> UpstreamResponse:
@@ -160,5 +158,5 @@ class Dispatcher:
             raise UpstreamTimeoutError(name, f"none of {len(experts)} experts answered in time")
         doc, fused = fuse(answered)
         self.windows.record_request(name, elapsed, False, call.lane)
-        self._observe(name, call.lane, call.request_id, fused, served)
+        self._observe(name, call, fused, served)
         return UpstreamResponse(200, orjson.dumps(doc), "application/json")

@@ -68,6 +68,7 @@ class Record:
     lane: str
     served: str  # the variant whose answer the user saw
     answers: dict[str, Answer]  # variant -> answer (the served one and shadow ones)
+    client_id: str | None = None  # the client's X-Request-Id, kept for tracing
 
 
 class PredictionRecords:
@@ -88,13 +89,24 @@ class PredictionRecords:
         # By hash of the id, so the served answer and its shadows are kept or skipped together.
         return zlib.crc32(request_id.encode()) % 10_000 < self.threshold
 
-    def add(self, request_id: str, variant: str, lane: str, pred: Prediction, served: bool) -> None:
+    def add(
+        self,
+        request_id: str,
+        variant: str,
+        lane: str,
+        pred: Prediction,
+        served: bool,
+        client_id: str | None = None,
+    ) -> None:
+        """Record an answer under the gateway's request id (`client_id`: the client's own)."""
         fields = self._pending.get(request_id)
         if fields is None:
             if len(self._pending) >= MAX_PENDING:
                 self._pending.pop(next(iter(self._pending)))
                 self.dropped += 1
             fields = self._pending[request_id] = {"lane": lane}
+            if client_id is not None:
+                fields["cid"] = client_id
         if served:
             fields["served"] = variant
         fields[f"a:{variant}"] = pack_answer(pred.vector(), pred.neighbor_ids)
@@ -138,10 +150,14 @@ class PredictionRecords:
         }
         if not answers:
             return None
-        served = fields.get("served", "")
-        lane = fields.get("lane", "none")
+        cid = fields.get("cid")
         return Record(
-            lane=lane.decode() if isinstance(lane, bytes) else lane,
-            served=served.decode() if isinstance(served, bytes) else served,
+            lane=_text(fields.get("lane", "none")),
+            served=_text(fields.get("served", "")),
             answers=answers,
+            client_id=_text(cid) if cid is not None else None,
         )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -221,9 +221,11 @@ class _Runner:
             return
         stats.ok += 1
         self._score(stats, answer, predicted, truth)
+        # Only answers the gateway recorded (sampled) carry a token; the others have no record.
         request_id = resp.headers.get("X-Request-Id")
-        if request_id and self.rng.random() < self.cfg.feedback_rate:
-            await self._feedback(stats, request_id, truth)
+        token = resp.headers.get("X-Feedback-Token")
+        if request_id and token and self.rng.random() < self.cfg.feedback_rate:
+            await self._feedback(stats, request_id, token, truth)
 
     def _failed(self, kind: str) -> None:
         stats = self.report.variant("unknown")
@@ -239,7 +241,9 @@ class _Runner:
         stats.scored += 1
         stats.hits.update(k for k, hit in hits.items() if hit)
 
-    async def _feedback(self, stats: VariantStats, request_id: str, truth: int) -> None:
+    async def _feedback(
+        self, stats: VariantStats, request_id: str, token: str, truth: int
+    ) -> None:
         rid = orjson.dumps(request_id)
         if self.cfg.feedback_mode == "id":
             body = b'{"request_id":' + rid + b',"clicked_id":' + orjson.dumps(self.world.ids[truth])
@@ -250,7 +254,7 @@ class _Runner:
             async with self.session.post(
                 self.base + "/v1/feedback",
                 data=body + b"}",
-                headers={"Content-Type": "application/json"},
+                headers={"Content-Type": "application/json", "X-Feedback-Token": token},
             ) as resp:
                 await resp.read()
                 status = resp.status

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from pydantic import Field
 
@@ -48,7 +49,8 @@ class CanaryParams(StrictModel):
     stable: PolicySpec
     canary: PolicySpec
     weight: float = Field(default=0, ge=0, le=100)
-    sticky: StickySpec | None = None
+    # Sticky by default: one user must not flip between variants from request to request.
+    sticky: StickySpec | Literal[False] = StickySpec()
     mirror: MirrorSpec | None = None
     salt: str | None = Field(default=None, max_length=64)
 
@@ -110,7 +112,7 @@ def _build(p: CanaryParams, ctx: BuildContext, path: str) -> Canary:
         stable=stable,
         canary=canary,
         weight=p.weight,
-        sticky_header=p.sticky.header.lower() if p.sticky else None,
+        sticky_header=p.sticky.header.lower() if p.sticky is not False else None,
         salt=salt.encode()[:64],
         mirror=p.mirror.variant if p.mirror else None,
         mirror_percent=p.mirror.percent if p.mirror else 0.0,

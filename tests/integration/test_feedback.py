@@ -41,19 +41,31 @@ def config(
     )
 
 
+# The feedback token of each request id this test run was answered (X-Feedback-Token).
+TOKENS: dict[str, str] = {}
+
+
 def served_vector(gw: Gateway, **headers: str) -> tuple[str, np.ndarray, list[str]]:
     r = gw.infer(headers, body=infer_body(tmd=(3, 1, 2)))
     assert r.status_code == 200, r.text
     doc = r.json()
+    rid = r.headers["x-request-id"]
+    if "x-feedback-token" in r.headers:
+        TOKENS[rid] = r.headers["x-feedback-token"]
     return (
-        r.headers["x-request-id"],
+        rid,
         np.asarray(doc["predicted_vector"], dtype=np.float32),
         [n["id"] for n in doc["neighbors"]],
     )
 
 
-def post_feedback(gw: Gateway, doc: object) -> tuple[int, dict[str, object]]:
-    r = gw.http.post("/v1/feedback", content=orjson.dumps(doc))
+def post_feedback(
+    gw: Gateway, doc: dict[str, object], token: str | None = None
+) -> tuple[int, dict[str, object]]:
+    """POST /v1/feedback with the token the request id was answered with (if any)."""
+    token = token or TOKENS.get(str(doc.get("request_id")))
+    headers = {"X-Feedback-Token": token} if token else {}
+    r = gw.http.post("/v1/feedback", content=orjson.dumps(doc), headers=headers)
     return r.status_code, r.json()
 
 
@@ -97,8 +109,6 @@ def test_unknown_and_expired_ids_are_404(
 ) -> None:
     text = config(servers, "phase2", "feedback: {ttl_seconds: 0.5, sample_rate: 1.0}\n")
     with gateway(text, redis_url, tmp_path) as gw:
-        status, body = post_feedback(gw, {"request_id": "never-issued", "clicked_id": "c1"})
-        assert status == 404 and "never-issued" in str(body["message"])
         rid, _, ids = served_vector(gw)
         time.sleep(1.0)
         status, body = post_feedback(gw, {"request_id": rid, "clicked_id": ids[0]})
@@ -111,8 +121,12 @@ def test_unsampled_requests_are_not_recorded(
     text = config(servers, "phase2", "feedback: {sample_rate: 0}\n")
     with gateway(text, redis_url, tmp_path) as gw:
         rid, _, ids = served_vector(gw)
+        assert rid not in TOKENS  # no record, so no token
         time.sleep(0.3)
-        assert post_feedback(gw, {"request_id": rid, "clicked_id": ids[0]})[0] == 404
+        # Not a misleading 404: the answer was not sampled, and nothing is recorded.
+        status, body = post_feedback(gw, {"request_id": rid, "clicked_id": ids[0]})
+        assert (status, body) == (202, {"request_id": rid, "sampled": False, "recorded": []})
+        assert gw.metric("lvmgw_feedback_total", result="recorded") == 0
 
 
 def test_malformed_feedback_is_4xx_and_records_nothing(
@@ -155,3 +169,48 @@ def test_nan_predictions_never_reach_a_client_as_success(
             r = gw.infer()
             assert r.status_code == 200 and r.headers["x-variant"] == "phase1"
             assert all(np.isfinite(r.json()["predicted_vector"]))
+
+
+def test_feedback_needs_the_token_of_its_own_answer(
+    servers: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    with gateway(config(servers, "phase2"), redis_url, tmp_path) as gw:
+        rid, vec, _ = served_vector(gw)
+        other, _, _ = served_vector(gw)
+        time.sleep(0.3)
+        doc = {"request_id": rid, "clicked_vector": vec.tolist()}
+        r = gw.http.post("/v1/feedback", content=orjson.dumps(doc))
+        assert r.status_code == 401 and "X-Feedback-Token" in r.json()["message"]
+        forged = TOKENS[rid][:-4] + ("0000" if not TOKENS[rid].endswith("0000") else "1111")
+        assert post_feedback(gw, doc, token=forged)[0] == 403
+        status, body = post_feedback(gw, doc, token=TOKENS[other])  # someone else's answer
+        assert status == 403 and "another request" in str(body["message"])
+        assert gw.metric("lvmgw_feedback_total", result="recorded") == 0
+        # The rightful client, with the token in the body this time, still scores it once.
+        assert post_feedback(gw, {**doc, "token": TOKENS[rid]})[0] == 202
+
+
+def test_client_chosen_request_ids_are_traced_never_merged(
+    servers: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    with gateway(config(servers, "phase2"), redis_url, tmp_path) as gw:
+        answers = []
+        for seed in (1, 2):  # two users, the same X-Request-Id, different contexts
+            r = gw.infer({"X-Request-Id": "same-id"}, body=infer_body(seed=seed, tmd=(3, 1, 2)))
+            assert r.status_code == 200 and r.headers["x-request-id"] == "same-id"
+            vec = np.asarray(r.json()["predicted_vector"], dtype=np.float32)
+            answers.append((r.headers["x-feedback-token"], vec))
+        (t1, v1), (t2, v2) = answers
+        assert t1 != t2 and float(v1 @ v2) < 0.99
+        time.sleep(0.3)
+        # Each user's feedback scores that user's own answer: both are exact hits.
+        for token, vec in answers:
+            fb = {"request_id": "same-id", "clicked_vector": vec.tolist()}
+            status, body = post_feedback(gw, fb, token=token)
+            assert status == 202, body
+            assert body["recorded"][0]["cosine"] > 0.99
+        for bad in ("x" * 10_000, "caf\u00e9", "has space"):
+            raw = bad.encode("latin-1")  # a latin-1 byte, as the issue's repro sent it
+            r = gw.http.post("/infer", content=infer_body(), headers=[(b"X-Request-Id", raw)])
+            assert r.status_code == 400 and "X-Request-Id" in r.json()["message"], bad[:20]
+            assert r.headers["x-request-id"].encode("latin-1") != raw

@@ -172,3 +172,19 @@ def test_decide_is_pure() -> None:
     first = [policy.decide(req({"X-User-Id": f"u{i}"}), view) for i in range(1000)]
     second = [policy.decide(req({"X-User-Id": f"u{i}"}), view) for i in range(1000)]
     assert first == second
+
+
+def test_the_canary_is_sticky_on_x_user_id_unless_told_otherwise() -> None:
+    default = tree("{canary: {stable: a, canary: b, weight: 50}}")
+    for user in ("u1", "u2", "u3", "u4"):
+        seen = {
+            default.decide(RequestInfo({"x-user-id": user}, b""), RoutingView(draw=d)).variant
+            for d in (0.0, 0.3, 0.6, 0.99)
+        }
+        assert len(seen) == 1, user  # the draw does not move a user
+    unsticky = tree("{canary: {stable: a, canary: b, weight: 50, sticky: false}}")
+    seen = {
+        unsticky.decide(RequestInfo({"x-user-id": "u1"}, b""), RoutingView(draw=d)).variant
+        for d in (0.0, 0.99)
+    }
+    assert seen == {"a", "b"}
