@@ -34,6 +34,7 @@ class Route:
     rollout: str | None  # the rollout that drives this route's canary, if any
     stable: str | None = None  # that canary policy's stable and canary names
     canary: str | None = None
+    canary_leaves: frozenset[str] = frozenset()  # the variants the canary subtree can send to
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,12 @@ class _TreeBuilder:
     def __init__(self, variants: frozenset[str], rollout: str | None) -> None:
         self.errors: list[str] = []
         self.rollout = rollout
-        self.claims: list[tuple[str, str, str]] = []  # (path, stable, canary)
+        # (path, stable, canary, the canary subtree's leaves)
+        self.claims: list[tuple[str, str, str, frozenset[str]]] = []
         self.ctx = BuildContext(variants=variants, build=self.build, claim_rollout=self.claim)
 
-    def claim(self, path: str, stable: str, canary: str) -> str | None:
-        self.claims.append((path, stable, canary))
+    def claim(self, path: str, stable: str, canary: str, leaves: frozenset[str]) -> str | None:
+        self.claims.append((path, stable, canary, leaves))
         return self.rollout
 
     def build(self, spec: PolicySpec, path: str) -> Policy:
@@ -137,6 +139,7 @@ def parse_config(data: Any, source: str = "") -> Config:
             rollout=tb.rollout,
             stable=tb.claims[0][1] if tb.rollout and tb.claims else None,
             canary=tb.claims[0][2] if tb.rollout and tb.claims else None,
+            canary_leaves=tb.claims[0][3] if tb.rollout and tb.claims else frozenset(),
         )
     if errors:
         raise ConfigError(errors)

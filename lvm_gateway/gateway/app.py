@@ -122,6 +122,8 @@ class GatewayApp:
         self._random = random.random
         self._started = False
         self.config_error: str | None = None  # why the file on disk is not what serves
+        self._held_cache: frozenset[str] = frozenset()
+        self._held_for: tuple[Mapping[str, float] | None, Config | None] = (None, None)
         # The fixed endpoints: path -> (methods, handler). Configured routes may not take these
         # paths (config.spec.RESERVED_PATHS).
         self._fixed: dict[str, tuple[frozenset[str], Endpoint]] = {
@@ -327,10 +329,12 @@ class GatewayApp:
     ) -> tuple[int, bytes, bytes, str, bool]:
         """(status, body, content type, serving variant, answer recorded for feedback)."""
         request_id = cid or gateway_id
+        weights = self.dataplane.weights
         view = RoutingView(
-            weights=self.dataplane.weights,
+            weights=weights,
             shadow=self.dataplane.shadow,
             open_circuits=self.circuits.open_set(),
+            held=self._held(weights),
             inflight=self.dispatch.inflight,
             draw=self._random(),
             mirror_draw=self._random(),
@@ -363,6 +367,19 @@ class GatewayApp:
                 status, payload = error_body(exc2, request_id)
                 return status, payload, _JSON, served, False
         return resp.status, resp.body, resp.content_type.encode() or _JSON, served, record
+
+    def _held(self, weights: Mapping[str, float]) -> frozenset[str]:
+        """The variants a rollout holds at weight 0; recomputed only when the weights mapping
+        (swapped whole by the snapshot) or the config changes."""
+        seen_weights, seen_config = self._held_for
+        if weights is not seen_weights or self.config is not seen_config:
+            held: set[str] = set()
+            for route in self.config.routes.values():
+                if route.rollout is not None and weights.get(route.rollout, 0.0) == 0.0:
+                    held |= route.canary_leaves - {route.stable}
+            self._held_cache = frozenset(held)
+            self._held_for = (weights, self.config)
+        return self._held_cache
 
     # -- fixed endpoints ---------------------------------------------------------------------
 

@@ -241,9 +241,7 @@ class _Runner:
         stats.scored += 1
         stats.hits.update(k for k, hit in hits.items() if hit)
 
-    async def _feedback(
-        self, stats: VariantStats, request_id: str, token: str, truth: int
-    ) -> None:
+    async def _feedback(self, stats: VariantStats, request_id: str, token: str, truth: int) -> None:
         rid = orjson.dumps(request_id)
         if self.cfg.feedback_mode == "id":
             body = b'{"request_id":' + rid + b',"clicked_id":' + orjson.dumps(self.world.ids[truth])

@@ -88,6 +88,7 @@ class RoutingView:
     shadow: Mapping[str, float] = field(default_factory=dict)  # rollout -> % mirrored to canary
     open_circuits: frozenset[str] = frozenset()
     inflight: Mapping[str, int] = field(default_factory=dict)  # variant -> requests in flight
+    held: frozenset[str] = frozenset()  # variants a rollout holds at weight 0: no overrides
     draw: float = 0.0  # uniform [0, 1) drawn per request by the caller, for unsticky splits
     mirror_draw: float = 1.0  # an independent draw for mirroring decisions
 
@@ -122,9 +123,9 @@ class BuildContext:
 
     variants: frozenset[str]
     build: Callable[[PolicySpec, str], Policy]  # builds a child node at a path
-    # A canary policy calls this with (path, stable name, canary name) to learn which rollout,
-    # if any, drives its weight.
-    claim_rollout: Callable[[str, str, str], str | None]
+    # A canary policy calls this with (path, stable name, canary name, the canary subtree's
+    # leaves) to learn which rollout, if any, drives its weight.
+    claim_rollout: Callable[[str, str, str, frozenset[str]], str | None]
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,7 @@ def _build(p: CanaryParams, ctx: BuildContext, path: str) -> Canary:
     canary = ctx.build(p.canary, f"{path}.canary")
     if p.mirror is not None:
         ctx.build(p.mirror.variant, f"{path}.mirror.variant")
-    rollout = ctx.claim_rollout(path, display_name(stable), display_name(canary))
+    rollout = ctx.claim_rollout(path, display_name(stable), display_name(canary), canary.leaves())
     salt = p.salt if p.salt is not None else (rollout or "/".join(sorted(canary.leaves())))
     return Canary(
         stable=stable,

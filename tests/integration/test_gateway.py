@@ -226,7 +226,7 @@ def test_hot_reload_survives_any_bad_edit_and_says_the_config_is_stale(
     with gateway(config(servers, CANARY.replace("WEIGHT", "0")), redis_url, tmp_path) as gw:
         assert gw.http.get("/readyz").json()["config_stale"] is False
         # A byte that is not UTF-8 used to end the watcher task: every later edit was ignored.
-        gw.config.write_bytes(b"variants:\n  phase1: {url: \"http://127.0.0.1:1\"}\n# \xff\xfe\n")
+        gw.config.write_bytes(b'variants:\n  phase1: {url: "http://127.0.0.1:1"}\n# \xff\xfe\n')
         gw.wait_until(lambda: gw.metric("lvmgw_config_reloads_total", result="failure") == 1)
         ready = gw.http.get("/readyz").json()
         assert ready["status"] == "degraded" and ready["config_stale"] is True

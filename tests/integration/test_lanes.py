@@ -78,7 +78,11 @@ def test_x_tmd_domain_is_routed_counted_and_judged_as_its_lane(
             assert r.status_code == 200, r.text
             served[r.headers["x-variant"]] = served.get(r.headers["x-variant"], 0) + 1
             vec = r.json()["predicted_vector"]
-            fb = {"request_id": r.headers["x-request-id"], "clicked_vector": vec}
+            fb = {
+                "request_id": r.headers["x-request-id"],
+                "token": r.headers["x-feedback-token"],
+                "clicked_vector": vec,
+            }
             for _ in range(40):  # the record reaches Redis within ~100 ms
                 answer = gw.http.post("/v1/feedback", content=orjson.dumps(fb))
                 if answer.status_code != 404:

@@ -116,9 +116,16 @@ def config(upstreams: dict[str, Upstream], policy: Any, **extra: Any) -> Config:
         "variants": {n: {"url": u.url, "timeout_ms": 2000} for n, u in upstreams.items()},
         "routes": [{"path": "/infer", "policy": policy}],
         "rollouts": {"phase2": {"route": "/infer"}},
+        # Tokens signed with a configured secret: no Redis is needed for the shared key.
+        "feedback": {"secret_env": "LVMGW_TEST_FEEDBACK_SECRET"},
         **extra,
     }
     return parse_config(yaml.safe_load(yaml.safe_dump(doc)))
+
+
+@pytest.fixture(autouse=True)
+def _feedback_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LVMGW_TEST_FEEDBACK_SECRET", "unit-test-secret")
 
 
 CANARY = {"canary": {"stable": "phase1", "canary": "phase2", "weight": 0}}
@@ -253,3 +260,50 @@ async def test_every_counter_the_data_plane_writes_is_one_the_contract_names(app
     written = {name.split("@", 1)[0] for _, name in cp.recorder.counts}
     assert written and written <= COUNTERS
     assert not math.isnan(sum(cp.recorder.counts.values()))
+
+
+OVERRIDE = {"header": {"header": "X-Variant", "default": CANARY}}
+
+
+async def test_no_client_can_override_to_a_canary_its_rollout_holds_at_zero(
+    upstreams, monkeypatch
+) -> None:
+    cp = FakeControlPlane(weights={"phase2": 0.0})  # e.g. rolled back
+    gw = GatewayApp(config(upstreams, OVERRIDE), cp, UNREACHABLE_REDIS, watch=False)
+    await gw.startup()
+    r = await asgi(gw, "POST", "/infer", BODY, x_variant="phase2")
+    assert r.status == 403 and "held at weight 0" in r.json()["message"]
+    assert (await asgi(gw, "POST", "/infer", BODY, x_variant="phase1")).status == 200
+    cp.weights = {"phase2": 20.0}  # the rollout lets users on it: overrides may follow
+    r = await asgi(gw, "POST", "/infer", BODY, x_variant="phase2")
+    assert r.status == 200 and r.headers["x-variant"] == "phase2"
+    # With a token configured, every override needs it, held or not.
+    monkeypatch.setenv("OVERRIDE_TOKEN", "s3cret")
+    guarded = {"header": {"header": "X-Variant", "token_env": "OVERRIDE_TOKEN", "default": CANARY}}
+    await gw.shutdown()
+    gw = GatewayApp(config(upstreams, guarded), cp, UNREACHABLE_REDIS, watch=False)
+    await gw.startup()
+    assert (await asgi(gw, "POST", "/infer", BODY, x_variant="phase1")).status == 403
+    r = await asgi(gw, "POST", "/infer", BODY, x_variant="phase2", x_override_token="wrong")
+    assert r.status == 403 and "X-Override-Token" in r.json()["message"]
+    r = await asgi(gw, "POST", "/infer", BODY, x_variant="phase2", x_override_token="s3cret")
+    assert r.status == 200 and r.headers["x-variant"] == "phase2"
+    await gw.shutdown()
+
+
+async def test_a_recorded_answer_carries_a_token_that_verifies(app) -> None:
+    gw, _ = app
+    gw.records.configure("p", 60, 1.0)  # record every answer
+    r = await asgi(gw, "POST", "/infer", BODY, x_request_id="trace-me")
+    assert r.status == 200 and r.headers["x-request-id"] == "trace-me"
+    gateway_id = gw.tokens.verify(r.headers["x-feedback-token"])
+    assert gateway_id != "trace-me"
+    record = await gw.records.fetch(_NoRedis(), gateway_id)
+    assert record is not None and record.client_id == "trace-me"
+
+
+class _NoRedis:
+    """Records still in the local buffer are found without a Redis round trip."""
+
+    async def hgetall(self, key: str) -> dict[bytes, bytes]:
+        return {}
