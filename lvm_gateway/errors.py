@@ -11,7 +11,7 @@ LvmGatewayError                 base; never escapes to a client as a 500
 │   ├── NotLeaderError          a controller write after its lease moved to another instance
 │   └── ThresholdError          `rolloutctl thresholds` got an unknown key or a bad value
 ├── CheckpointError             a checkpoint that cannot serve (wrong keys, shapes, format)
-├── BadRequestError             client input the gateway rejects with a 4xx (status, message)
+├── BadRequestError             client input the gateway refuses: a 4xx (or 503 when busy)
 ├── TrafficError                lvm-traffic cannot run: bad settings or the gateway unreachable
 └── UpstreamError               a variant failed; mapped to 502/504 in gateway.upstream
     ├── UpstreamTimeoutError    504
@@ -71,9 +71,22 @@ class CheckpointError(LvmGatewayError):
 
 
 class BadRequestError(LvmGatewayError):
+    _CODES = {
+        401: "unauthorized",
+        403: "forbidden",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+        503: "overloaded",
+    }
+
     def __init__(self, message: str, status: int = 400) -> None:
         self.status = status
         super().__init__(message)
+
+    @property
+    def code(self) -> str:
+        """The `error` field of the JSON answer."""
+        return self._CODES.get(self.status, "bad_request")
 
 
 class TrafficError(LvmGatewayError):

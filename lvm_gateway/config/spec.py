@@ -91,12 +91,21 @@ class FeedbackSpec(StrictModel):
     bearer_token_env: str | None = Field(default=None, pattern=ENV_NAME)
 
 
+class LimitsSpec(StrictModel):
+    """Memory bounds on what clients send."""
+
+    max_body_bytes: int = Field(default=64 * 2**20, ge=1)  # one request; 413 beyond
+    buffered_body_bytes: int = Field(default=256 * 2**20, ge=1)  # all in flight; 503 beyond
+    feedback_body_bytes: int = Field(default=64 * 2**10, ge=1)  # a feedback post is ~16 KB
+
+
 class ConfigSpec(StrictModel):
     variants: dict[str, VariantSpec]
     routes: tuple[RouteSpec, ...]
     rollouts: dict[str, RolloutSpec] = {}
     feedback: FeedbackSpec = FeedbackSpec()
     redis_prefix: str = "lvmgw"
+    limits: LimitsSpec = LimitsSpec()
     mirror_max_inflight: int = Field(default=64, ge=0)  # mirrored copies beyond this are dropped
 
     @field_validator("variants")

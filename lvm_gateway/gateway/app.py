@@ -32,6 +32,7 @@ from lvm_gateway.config.spec import (
     read_secret,
 )
 from lvm_gateway.errors import BadRequestError, ConfigError, UpstreamError
+from lvm_gateway.gateway.bodies import BodyBudget, Receive
 from lvm_gateway.gateway.circuit import Circuits
 from lvm_gateway.gateway.dispatch import Call, Dispatcher, RecorderLike
 from lvm_gateway.gateway.feedback import FeedbackIntake
@@ -47,10 +48,8 @@ from lvm_gateway.redisconn import open_client
 log = logging.getLogger("lvm_gateway")
 
 Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-MAX_BODY_BYTES = 64 * 1024 * 1024
 # Not forwarded upstream: hop-by-hop headers, and the framing headers the upstream client sets.
 _DROP_HEADERS = frozenset(
     {"host", "connection", "keep-alive", "content-length", "transfer-encoding", "upgrade",
@@ -111,6 +110,7 @@ class GatewayApp:
         )
         self.records_collector = RecordsCollector(lambda: self.records.dropped)
         self.registry.register(self.records_collector)
+        self.bodies = BodyBudget(config.spec.limits.buffered_body_bytes)
         self.tokens = FeedbackTokens()
         self.feedback_bearer: str | None = None
         self.feedback = FeedbackIntake(self.records, self.tokens, dataplane.recorder, self.metrics)
@@ -187,6 +187,7 @@ class GatewayApp:
         self.circuits.configure({n: v.circuit for n, v in config.variants.items()})
         self.mirror.max_inflight = config.spec.mirror_max_inflight
         self.records.configure(config.spec.redis_prefix, fb.ttl_seconds, fb.sample_rate)
+        self.bodies.budget_bytes = config.spec.limits.buffered_body_bytes
         self.config = config
 
     async def _flush_records(self) -> None:
@@ -291,18 +292,21 @@ class GatewayApp:
                 raise BadRequestError(
                     f"{scope['method']} not allowed on {path}; use {allowed}", status=405
                 )
-            body = await _read_body(receive)
-            status, payload, ctype, variant, recorded = await self._proxy(
-                route, scope, headers, body, gateway_id, cid
-            )
+            limits = self.config.spec.limits
+            async with self.bodies.read(receive, limits.max_body_bytes) as body:
+                status, payload, ctype, variant, recorded = await self._proxy(
+                    route, scope, headers, body, gateway_id, cid
+                )
             if recorded and status == 200:
                 extra += ((b"x-feedback-token", self.tokens.issue(gateway_id).encode()),)
         except BadRequestError as exc:
             self.metrics.bad_request(path)
             status, payload = _json(
-                exc.status, {"error": "bad_request", "message": str(exc), "request_id": request_id}
+                exc.status, {"error": exc.code, "message": str(exc), "request_id": request_id}
             )
             ctype = _JSON
+            if exc.status == 503:
+                extra += ((b"retry-after", b"1"),)
         except Exception:  # never a 500: a bug here is logged loudly and answered as a 502
             log.exception("unexpected error proxying %s", path)
             status, payload = _json(
@@ -415,15 +419,14 @@ class GatewayApp:
                 headers.get("authorization", ""), f"Bearer {self.feedback_bearer}"
             ):
                 raise BadRequestError("POST /v1/feedback needs its bearer token", status=401)
-            status, payload = await self.feedback.receive(
-                self.redis,
-                await _read_body(receive),
-                headers.get("x-feedback-token"),
-                self.config.spec.feedback,
-            )
+            limit = self.config.spec.limits.feedback_body_bytes
+            async with self.bodies.read(receive, limit) as body:
+                status, payload = await self.feedback.receive(
+                    self.redis, body, headers.get("x-feedback-token"), self.config.spec.feedback
+                )
         except BadRequestError as exc:
             self.metrics.feedback("rejected")
-            status, payload = exc.status, {"error": "bad_request", "message": str(exc)}
+            status, payload = exc.status, {"error": exc.code, "message": str(exc)}
         except (RedisError, OSError) as exc:
             status, payload = (
                 503,
@@ -472,23 +475,6 @@ class GatewayApp:
             "reasons": reasons,
         })  # fmt: skip
         return status, body, _JSON
-
-
-async def _read_body(receive: Receive) -> bytes:
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body"):
-        return body
-    chunks = [body]
-    size = len(body)
-    while message.get("more_body"):
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise BadRequestError(f"request body larger than {MAX_BODY_BYTES} bytes", status=413)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def _respond(send: Send, status: int, body: bytes, ctype: bytes, extra: Headers) -> None:

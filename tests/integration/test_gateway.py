@@ -10,10 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from lvm_gateway.procs import free_port
-from tests.integration.gateway_env import Gateway, gateway, infer_body, model_servers
+from tests.integration.gateway_env import Gateway, gateway, infer_body, model_server, model_servers
 
 pytestmark = pytest.mark.integration
 
@@ -238,3 +239,50 @@ def test_hot_reload_survives_any_bad_edit_and_says_the_config_is_stale(
         gw.wait_until(lambda: gw.infer({"X-User-Id": "u1"}).headers["x-variant"] == "phase2")
         assert gw.metric("lvmgw_config_stale") == 0
         assert gw.http.get("/readyz").json()["config_stale"] is False
+
+
+def test_parallel_large_bodies_stay_within_the_buffer_budget(
+    redis_url: str, tmp_path: Path
+) -> None:
+
+    mib = 2**20
+    with model_server("stub") as stub:
+        text = (
+            f'variants:\n  stub: {{url: "{stub}", timeout_ms: 20000}}\n'
+            "routes:\n  - path: /infer\n    inspect: false\n    policy: stub\n"
+            f"limits: {{buffered_body_bytes: {128 * mib}, feedback_body_bytes: 1024}}\n"
+        )
+        with gateway(text, redis_url, tmp_path) as gw:
+            proc = psutil.Process(gw.proc.pid)
+            baseline = proc.memory_info().rss
+            peak = [baseline]
+            done = threading.Event()
+
+            def sample() -> None:
+                while not done.is_set():
+                    peak.append(proc.memory_info().rss)
+                    time.sleep(0.01)
+
+            body = b"x" * (60 * mib)
+            statuses: list[int] = []
+
+            def post() -> None:
+                with httpx.Client(base_url=gw.url, timeout=60) as c:
+                    statuses.append(c.post("/infer", content=body).status_code)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            workers = [threading.Thread(target=post) for _ in range(6)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            done.set()
+            sampler.join()
+            grew = (max(peak) - baseline) / mib
+            print(f"6 x 60 MiB bodies: {sorted(statuses)}, RSS +{grew:.0f} MiB")
+            assert set(statuses) <= {200, 503} and 503 in statuses and 200 in statuses
+            assert grew < 400, grew  # unbounded: ~1 GiB
+            # A feedback post is small: a large one is refused before it is parsed.
+            r = gw.http.post("/v1/feedback", content=b"{" + b" " * 4096 + b"}")
+            assert r.status_code == 413
