@@ -34,6 +34,7 @@ def validate(path: str) -> list[str]:
 def build_app() -> object:
     """uvicorn factory: every worker builds its own app from the environment `serve` set."""
     from lvm_gateway.gateway.app import GatewayApp
+    from lvm_gateway.redisconn import home_dir
     from lvm_gateway.rollout.agent.dataplane import RolloutDataPlane
 
     config = load_config(os.environ[_ENV_CONFIG])
@@ -43,6 +44,7 @@ def build_app() -> object:
         prefix=config.spec.redis_prefix,
         run_controller=os.environ.get(_ENV_CONTROLLER, "1") == "1",
         identity=f"{socket.gethostname()}:{os.getpid()}",
+        state_dir=home_dir(),
     )
     return GatewayApp(config, dataplane, redis_url)
 

@@ -72,6 +72,8 @@ class DataPlaneLike(Protocol):
     @property
     def connected(self) -> bool: ...
     @property
+    def routing(self) -> str: ...
+    @property
     def recorder(self) -> RecorderLike: ...
     async def start(self, config: Config) -> None: ...
     async def on_config(self, config: Config) -> None: ...
@@ -460,7 +462,7 @@ class GatewayApp:
         if not self._started:
             return 503, b'{"status":"starting"}', _JSON
         connected = self.dataplane.connected
-        reasons = [] if connected else ["redis unreachable: routing by the last known weights"]
+        reasons = [] if connected else [f"redis unreachable: routing by {self.dataplane.routing}"]
         if not self.tokens.ready:
             reasons.append("no feedback token key yet: answers are not recorded for feedback")
         if self.config_error is not None:

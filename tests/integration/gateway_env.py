@@ -96,10 +96,12 @@ def gateway(config_text: str, redis_url: str, tmp: Path, *extra: str) -> Iterato
     config = tmp / f"gateway-{port}.yaml"
     config.write_text(config_text)
     log = tmp / f"gateway-{port}.log"
+    # The gateway's home (its saved rollout snapshot) is per test, shared by its replicas.
     proc = start(
         ["lvm-gateway", "serve", "--config", str(config), "--port", str(port),
          "--redis", redis_url, *extra],
         health_url=f"http://127.0.0.1:{port}/readyz",
+        env={"LVM_GATEWAY_HOME": str(tmp / "gateway-home")},
         log=log,
     )  # fmt: skip
     gw = Gateway(proc, f"http://127.0.0.1:{port}", config, log)

@@ -50,6 +50,7 @@ class FakeControlPlane:
     weights: Mapping[str, float] = field(default_factory=dict)
     shadow: Mapping[str, float] = field(default_factory=dict)
     connected: bool = True
+    routing: str = "redis"
     recorder: FakeRecorder = field(default_factory=FakeRecorder)
     configs: list[Config] = field(default_factory=list)
 

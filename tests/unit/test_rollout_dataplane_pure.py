@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lvm_gateway.contract.rollout import Phase, RolloutStatus
@@ -33,11 +35,36 @@ def test_weight_only_for_the_pair_it_was_earned_by() -> None:
     assert weight_of(None, PAIR) == (0.0, 0.0)
 
 
-def test_snapshot_has_no_entries_until_it_read_redis() -> None:
+def test_a_cold_start_without_redis_or_snapshot_holds_every_canary_at_zero() -> None:
+    # Changed on purpose (issue 10): the YAML weight used to apply until Redis was read, so a
+    # gateway started during an outage sent users to a canary Redis held RolledBack.
     snap = RolloutSnapshot("redis://127.0.0.1:1/0", "p")
     snap.bind({"ro": PAIR})
-    # No entry: the canary policy keeps its YAML weight until Redis has been read once.
-    assert dict(snap.weights) == {} and not snap.connected
+    assert dict(snap.weights) == {"ro": 0.0} and not snap.connected
+    assert "weight 0" in snap.routing
+
+
+def test_a_cold_start_routes_by_the_last_saved_statuses(tmp_path: Path) -> None:
+    state = tmp_path / "home" / "rollouts-p.json"
+    first = RolloutSnapshot("redis://127.0.0.1:1/0", "p", state_file=state)
+    first.bind({"ro": PAIR, "back": PAIR})
+    live = RolloutStatus("ro", phase=Phase.PROGRESSING, weight=20.0, stable="phase1",
+                         canary="phase2")  # fmt: skip
+    gone = RolloutStatus("back", phase=Phase.ROLLED_BACK, weight=0.0, stable="phase1",
+                         canary="phase2")  # fmt: skip
+    first._publish({"ro": live, "back": gone})
+    first._save({"ro": live, "back": gone})
+    # A new process, Redis unreachable: the saved statuses route, pairs still checked.
+    second = RolloutSnapshot("redis://127.0.0.1:1/0", "p", state_file=state)
+    second.bind({"ro": PAIR, "back": PAIR})
+    assert dict(second.weights) == {"ro": 20.0, "back": 0.0}
+    assert "snapshot saved" in second.routing
+    second.bind({"ro": ("phase1", "phase3"), "back": PAIR})  # the YAML names another canary
+    assert dict(second.weights) == {"ro": 0.0, "back": 0.0}
+    state.write_text("{not json")
+    third = RolloutSnapshot("redis://127.0.0.1:1/0", "p", state_file=state)
+    third.bind({"ro": PAIR})
+    assert dict(third.weights) == {"ro": 0.0}
 
 
 def test_recorder_buckets_by_time_and_variant() -> None:

@@ -5,6 +5,7 @@
     dp.weights / dp.shadow          # per request, no await (RoutingView.weights)
     dp.recorder.record_request(...) # per upstream call, no I/O
     dp.connected                    # /readyz: False -> "degraded", still serving
+    dp.routing                      # /readyz: where the weights come from (Redis, file, none)
     await dp.on_config(config)      # hot reload
     await dp.stop()
 
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 
 from redis.exceptions import RedisError
 
@@ -51,6 +53,7 @@ class RolloutDataPlane:
         flush_interval_s: float = 1.0,
         poll_interval_s: float = 0.25,
         lease_seconds: float = 3.0,
+        state_dir: Path | None = None,
     ) -> None:
         self.redis_url = redis_url
         self.prefix = prefix
@@ -59,7 +62,9 @@ class RolloutDataPlane:
         self.flush_interval_s = flush_interval_s
         self.lease_seconds = lease_seconds
         self.recorder = WindowRecorder(prefix)
-        self.snapshot = RolloutSnapshot(redis_url, prefix, poll_interval_s)
+        # The last statuses read from Redis, for a cold start while Redis is unreachable.
+        state_file = state_dir / f"rollouts-{prefix}.json" if state_dir is not None else None
+        self.snapshot = RolloutSnapshot(redis_url, prefix, poll_interval_s, state_file)
         self._client = open_client(redis_url)
         self._store = RolloutStore(self._client, prefix)
         self._stop = asyncio.Event()
@@ -77,6 +82,10 @@ class RolloutDataPlane:
     @property
     def connected(self) -> bool:
         return self.snapshot.connected
+
+    @property
+    def routing(self) -> str:
+        return self.snapshot.routing
 
     async def start(self, config: Config) -> None:
         self.snapshot.bind(rollout_pairs(config))
