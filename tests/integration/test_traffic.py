@@ -123,11 +123,12 @@ routes:
   - path: /infer
     policy:
       canary: {{stable: phase1, canary: phase2, weight: 50, sticky: {{header: X-User-Id}}}}
+feedback: {{sample_rate: 1.0}}
 """
         with gateway(config, redis_url, tmp_path) as gw:
             report, _ = drive(gw.url, users=40, feedback_rate=1.0)
     assert set(report.variants) == {"phase1", "phase2"}
     for stats in report.variants.values():
         assert stats.ok == stats.requests > 20
-        # Every answer carried an X-Request-Id, so each one got a feedback attempt.
+        # Every answer was recorded and carried a feedback token, so each got a feedback attempt.
         assert stats.feedback_sent + stats.feedback_failed.total() == stats.ok
