@@ -75,6 +75,7 @@ class BadRequestError(LvmGatewayError):
         401: "unauthorized",
         403: "forbidden",
         405: "method_not_allowed",
+        408: "request_timeout",
         413: "payload_too_large",
         503: "overloaded",
     }

@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 import tempfile
+from dataclasses import dataclass
 
 from lvm_gateway.config.load import json_schema, load_config
 from lvm_gateway.errors import ConfigError, RedisUnavailableError
@@ -49,6 +50,15 @@ def build_app() -> object:
     return GatewayApp(config, dataplane, redis_url)
 
 
+@dataclass(frozen=True)
+class ClientLimits:
+    """What a client may cost the server: see gateway/server.py."""
+
+    header_timeout_s: float = 10.0  # the request head must arrive within this
+    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
+    max_connections: int | None = None  # beyond: 503 (uvicorn's limit_concurrency)
+
+
 def serve(
     config_path: str,
     host: str,
@@ -57,15 +67,20 @@ def serve(
     workers: int,
     controller: bool,
     log_level: str,
+    limits: ClientLimits = ClientLimits(),
 ) -> None:
     import uvicorn
 
+    from lvm_gateway.gateway.server import HEADER_TIMEOUT_ENV, GuardedHttpToolsProtocol
     from lvm_gateway.redisconn import resolve_redis_url
 
     load_config(config_path)  # fail before forking workers, with every error listed
     os.environ[_ENV_CONFIG] = os.path.abspath(config_path)
     os.environ[_ENV_REDIS] = resolve_redis_url(redis)
     os.environ[_ENV_CONTROLLER] = "1" if controller else "0"
+    # This process's protocol class, and (through the environment) every worker's.
+    os.environ[HEADER_TIMEOUT_ENV] = str(limits.header_timeout_s)
+    GuardedHttpToolsProtocol.header_timeout_s = limits.header_timeout_s
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lvmgw-metrics-")
     uvicorn.run(
@@ -75,7 +90,9 @@ def serve(
         port=port,
         workers=workers if workers > 1 else None,
         loop="uvloop",
-        http="httptools",
+        http="lvm_gateway.gateway.server:GuardedHttpToolsProtocol",
+        timeout_keep_alive=limits.keep_alive_s,
+        limit_concurrency=limits.max_connections,
         lifespan="on",
         access_log=False,
         log_level=log_level,
@@ -100,6 +117,27 @@ def main(argv: list[str] | None = None) -> int:
         help="do not run the rollout controller in this process",
     )
     p_serve.add_argument("--log-level", default="info")
+    p_serve.add_argument(
+        "--client-header-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="close a connection whose request head is not complete in S seconds (default 10)",
+    )
+    p_serve.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="close a keep-alive connection idle for S seconds (default 5)",
+    )
+    p_serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        metavar="N",
+        help="answer 503 beyond N concurrent connections (default: no cap)",
+    )
     p_val = sub.add_parser("validate", help="check a policy file; exit 2 listing every error")
     p_val.add_argument("file")
     sub.add_parser("schema", help="print the policy file's JSON Schema (for editors)")
@@ -126,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             args.workers,
             not args.no_controller,
             args.log_level,
+            ClientLimits(args.client_header_timeout, args.keep_alive_timeout, args.max_connections),
         )
     except ConfigError as exc:
         for e in exc.errors:

@@ -97,6 +97,7 @@ class LimitsSpec(StrictModel):
     max_body_bytes: int = Field(default=64 * 2**20, ge=1)  # one request; 413 beyond
     buffered_body_bytes: int = Field(default=256 * 2**20, ge=1)  # all in flight; 503 beyond
     feedback_body_bytes: int = Field(default=64 * 2**10, ge=1)  # a feedback post is ~16 KB
+    body_timeout_seconds: float = Field(default=30, gt=0)  # a stalled upload: 408
 
 
 class ConfigSpec(StrictModel):

@@ -112,7 +112,9 @@ class GatewayApp:
         )
         self.records_collector = RecordsCollector(lambda: self.records.dropped)
         self.registry.register(self.records_collector)
-        self.bodies = BodyBudget(config.spec.limits.buffered_body_bytes)
+        self.bodies = BodyBudget(
+            config.spec.limits.buffered_body_bytes, config.spec.limits.body_timeout_seconds
+        )
         self.tokens = FeedbackTokens()
         self.feedback_bearer: str | None = None
         self.feedback = FeedbackIntake(self.records, self.tokens, dataplane.recorder, self.metrics)
@@ -190,6 +192,7 @@ class GatewayApp:
         self.mirror.max_inflight = config.spec.mirror_max_inflight
         self.records.configure(config.spec.redis_prefix, fb.ttl_seconds, fb.sample_rate)
         self.bodies.budget_bytes = config.spec.limits.buffered_body_bytes
+        self.bodies.timeout_s = config.spec.limits.body_timeout_seconds
         self.config = config
 
     async def _flush_records(self) -> None:

@@ -1,0 +1,88 @@
+"""Clients cannot hold the gateway: idle and trickling connections are closed, stalled bodies
+answered 408, connections beyond the cap 503 — against a real `lvm-gateway serve` process."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.gateway_env import Gateway, gateway, model_server
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with model_server("stub", log_dir=tmp_path_factory.mktemp("stub")) as url:
+        yield url
+
+
+def policy(stub: str) -> str:
+    return (
+        f'variants:\n  stub: {{url: "{stub}"}}\n'
+        "routes:\n  - path: /infer\n    inspect: false\n    policy: stub\n"
+        "limits: {body_timeout_seconds: 1}\n"
+    )
+
+
+def connect(gw: Gateway) -> socket.socket:
+    host, port = gw.url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=5)
+    return s
+
+
+def closed_within(s: socket.socket, seconds: float) -> tuple[bool, bytes]:
+    """Whether the server closed the connection within `seconds`, and what it sent first."""
+    s.settimeout(seconds)
+    got = b""
+    try:
+        while chunk := s.recv(4096):
+            got += chunk
+        return True, got
+    except TimeoutError:
+        return False, got
+    except ConnectionResetError:
+        return True, got
+
+
+def test_idle_and_trickling_clients_are_cut_off(stub: str, redis_url: str, tmp_path: Path) -> None:
+    extra = ("--client-header-timeout", "1", "--keep-alive-timeout", "1")
+    with gateway(policy(stub), redis_url, tmp_path, *extra) as gw:
+        silent = [connect(gw) for _ in range(50)]  # never send a byte
+        trickle = connect(gw)
+        trickle.sendall(b"POST /infer HTTP/1.1\r\nHost: x\r\n")  # and never finish the head
+        body = connect(gw)
+        body.sendall(b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123")
+        t0 = time.monotonic()
+        assert all(closed_within(s, 4)[0] for s in silent)
+        closed, sent = closed_within(trickle, 4)
+        assert closed and sent.startswith(b"HTTP/1.1 408")
+        closed, sent = closed_within(body, 4)
+        assert sent.startswith(b"HTTP/1.1 408"), sent[:100]
+        assert b"request body not received" in sent
+        print(
+            f"idle, trickling head, stalled body: all cut off within {time.monotonic() - t0:.1f}s"
+        )
+        # The gateway still serves, and a keep-alive connection left idle is closed too.
+        assert gw.infer().status_code == 200
+        ka = connect(gw)
+        ka.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        closed, sent = closed_within(ka, 4)
+        assert closed and sent.startswith(b"HTTP/1.1 200")
+        for s in [*silent, trickle, body, ka]:
+            s.close()
+
+
+def test_connections_beyond_the_cap_get_a_503(stub: str, redis_url: str, tmp_path: Path) -> None:
+    with gateway(policy(stub), redis_url, tmp_path, "--max-connections", "8") as gw:
+        held = [connect(gw) for _ in range(8)]
+        time.sleep(0.2)
+        r = gw.http.get("/healthz", headers={"Connection": "close"})
+        assert r.status_code == 503
+        for s in held:
+            s.close()
+        gw.wait_until(lambda: gw.http.get("/healthz").status_code == 200, 5)
