@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
 
@@ -63,7 +63,9 @@ def redact_url(url: str) -> str:
         query = urlencode(
             [(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*/"
         )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    # Reassembled by hand: urlunsplit drops the "//" of unix:///path (an empty host).
+    tail = (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+    return f"{parts.scheme}://{netloc}{parts.path}{tail}"
 
 
 def home_dir() -> Path:
