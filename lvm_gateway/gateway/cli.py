@@ -11,7 +11,8 @@ import sys
 import tempfile
 
 from lvm_gateway.errors import ConfigError, RedisUnavailableError
-from lvm_gateway.gateway.config import json_schema, load_config
+from lvm_gateway.gateway.config import json_schema, load_config, parse_config
+from lvm_gateway.yamldoc import read_document
 
 _ENV_CONFIG = "LVMGW_CONFIG"
 _ENV_REDIS = "LVMGW_REDIS_URL"
@@ -21,10 +22,20 @@ _ENV_CONTROLLER = "LVMGW_CONTROLLER"
 def validate(path: str) -> list[str]:
     """Every error in the policy file, each with its path; empty when valid."""
     try:
-        load_config(path)
+        # What load_config does once it reads through yamldoc (issue 10): strict YAML first.
+        parse_config(read_document(path), source=path)
     except ConfigError as exc:
         return exc.errors
     return []
+
+
+def validation_report(errors: list[str]) -> dict[str, object]:
+    """`validate --json`: {"valid": bool, "errors": [{"path", "message"}]} for editors and CI."""
+    items = []
+    for e in errors:
+        path, sep, message = e.partition(": ")
+        items.append({"path": path, "message": message} if sep else {"path": "", "message": e})
+    return {"valid": not errors, "errors": items}
 
 
 def build_app() -> object:
@@ -96,11 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--log-level", default="info")
     p_val = sub.add_parser("validate", help="check a policy file; exit 2 listing every error")
     p_val.add_argument("file")
+    p_val.add_argument("--json", action="store_true", help='print {"valid", "errors"} as JSON')
     sub.add_parser("schema", help="print the policy file's JSON Schema (for editors)")
     args = parser.parse_args(argv)
 
     if args.verb == "validate":
         errors = validate(args.file)
+        if args.json:
+            print(json.dumps(validation_report(errors), indent=2, ensure_ascii=False))
+            return 2 if errors else 0
         for e in errors:
             print(e, file=sys.stderr)
         if errors:
