@@ -70,7 +70,8 @@ def test_a_document_that_is_not_a_mapping_is_one_error(raw: bytes, found: str) -
 
 def test_syntax_errors_have_line_and_column() -> None:
     assert errors_of(b"variants:\n  a: {url: x\nroutes: [\n") == [
-        "line 3, column 7: YAML syntax error: expected ',' or '}', but got ':'"
+        "line 3, column 7: YAML syntax error: did not find expected ',' or '}' (while parsing a "
+        "flow mapping at line 2, column 6)"
     ]
     assert errors_of(b"a: 1\n\tb: 2\n")[0].startswith("line 2, column 1: YAML syntax error:")
     assert errors_of(b"a: 1\n---\nb: 2\n") == [
