@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
+from redis.connection import parse_url
 
 from lvm_gateway.errors import RedisUnavailableError
 
@@ -262,6 +263,10 @@ def resolve_redis_url(explicit: str | None, start_embedded: bool = True) -> str:
     """
     url = explicit or os.environ.get("REDIS_URL")
     if url:
+        try:
+            parse_url(url)  # a malformed URL is one line naming it, not a ValueError traceback
+        except ValueError as exc:
+            raise RedisUnavailableError(f"bad Redis URL {redact_url(url)}: {exc}") from exc
         return url
     if start_embedded:
         return ensure_embedded()

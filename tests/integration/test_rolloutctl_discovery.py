@@ -113,15 +113,17 @@ def test_embedded_status_and_stop(home: Path, tmp_path: Path) -> None:
 def test_passwords_never_appear_in_errors() -> None:
     port = free_port()
     secret = "s3cret-Pa55"
-    for args, env in (
-        (("--redis", f"redis://bob:{secret}@127.0.0.1:{port}/0"), None),
-        ((), {"REDIS_URL": f"redis://bob:{secret}@127.0.0.1:{port}/0"}),
-        (("--redis", f"redis://127.0.0.1:{port}/0?password={secret}"), None),
+    for args, env, why in (
+        (("--redis", f"redis://bob:{secret}@127.0.0.1:{port}/0"), None, "Redis unreachable"),
+        ((), {"REDIS_URL": f"redis://bob:{secret}@127.0.0.1:{port}/0"}, "Redis unreachable"),
+        (("--redis", f"redis://127.0.0.1:{port}/0?password={secret}"), None, "Redis unreachable"),
+        (("--redis", f"redis://bob:{secret}@127.0.0.1:port/0"), None, "bad Redis URL"),
+        (("--redis", f"http://bob:{secret}@127.0.0.1/0"), None, "bad Redis URL"),
     ):
         done = ctl(*args, "status", env=env)
-        assert done.returncode == 3 and "Redis unreachable" in done.stderr
+        assert done.returncode == 3 and why in done.stderr, done.stderr
         assert secret not in done.stderr + done.stdout
-        assert "***" in done.stderr
+        assert "***" in done.stderr and done.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize("via", ["rolloutctl", "pid file"])
