@@ -38,5 +38,14 @@ bench: $(STAMP)
 schema: $(STAMP)
 	$(BIN)/lvm-gateway schema > deploy/schema/lvm-gateway.schema.json
 
+# Stop the embedded redis-server before deleting its directory: removed under it, it would run on
+# as an orphan on deleted files. Through rolloutctl when the venv has it, else by its pid file
+# (only when that pid is still a redis-server), waiting up to 5 s for it to exit.
 clean:
+	@LVM_GATEWAY_HOME=$(CURDIR)/.lvm-gateway $(BIN)/rolloutctl embedded stop 2>/dev/null || { \
+	  pid=$$(cat .lvm-gateway/redis.pid 2>/dev/null) && \
+	  grep -q redis-server /proc/$$pid/cmdline 2>/dev/null && kill $$pid && \
+	  for i in $$(seq 50); do grep -q redis-server /proc/$$pid/cmdline 2>/dev/null || break; \
+	    sleep 0.1; done; \
+	} ; true
 	rm -rf $(VENV) .lvm-gateway .pytest_cache .ruff_cache

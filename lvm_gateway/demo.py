@@ -39,7 +39,7 @@ from rich.table import Table
 
 from lvm_gateway.lvm.traffic import TrafficConfig, TrafficReport, render, run_traffic
 from lvm_gateway.procs import free_port, start, stop, wait_http
-from lvm_gateway.redisconn import ensure_embedded, home_dir, open_client
+from lvm_gateway.redisconn import ensure_embedded, home_dir, open_client, redact_url
 from lvm_gateway.rollout import ops
 from lvm_gateway.rollout.cli import status_table
 from lvm_gateway.rollout.store import RolloutStore
@@ -139,7 +139,7 @@ def stack(workdir: Path, redis_url: str, servers_args: dict[str, list[str]],
              "--redis", redis_url, "--log-level", "warning"],
             health_url=f"{gateway}/readyz", log=workdir / "gateway.log",
         )  # fmt: skip
-        console.print(f"  gateway on {gateway}, policy {config}, Redis {redis_url}")
+        console.print(f"  gateway on {gateway}, policy {config}, Redis {redact_url(redis_url)}")
         yield Stack(servers, gateway, config, procs)
     finally:
         for proc in procs.values():

@@ -32,6 +32,15 @@ def validate(path: str) -> list[str]:
     return []
 
 
+def validation_report(errors: list[str]) -> dict[str, object]:
+    """`validate --json`: {"valid": bool, "errors": [{"path", "message"}]} for editors and CI."""
+    items = []
+    for e in errors:
+        path, sep, message = e.partition(": ")
+        items.append({"path": path, "message": message} if sep else {"path": "", "message": e})
+    return {"valid": not errors, "errors": items}
+
+
 def build_app() -> object:
     """uvicorn factory: every worker builds its own app from the environment `serve` set."""
     from lvm_gateway.gateway.app import GatewayApp
@@ -140,11 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_val = sub.add_parser("validate", help="check a policy file; exit 2 listing every error")
     p_val.add_argument("file")
+    p_val.add_argument("--json", action="store_true", help='print {"valid", "errors"} as JSON')
     sub.add_parser("schema", help="print the policy file's JSON Schema (for editors)")
     args = parser.parse_args(argv)
 
     if args.verb == "validate":
         errors = validate(args.file)
+        if args.json:
+            print(json.dumps(validation_report(errors), indent=2, ensure_ascii=False))
+            return 2 if errors else 0
         for e in errors:
             print(e, file=sys.stderr)
         if errors:

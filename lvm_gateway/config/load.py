@@ -14,12 +14,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from lvm_gateway.config.spec import ConfigSpec, VariantSpec
+from lvm_gateway.config.yamldoc import read_document
+from lvm_gateway.contract.humanize import humanize
 from lvm_gateway.contract.rollout import RolloutSpec
-from lvm_gateway.contract.strict import pydantic_errors
 from lvm_gateway.errors import ConfigError, UnknownPluginError
 from lvm_gateway.policies.base import BuildContext, Leaf, Policy, PolicySpec, plugin, plugins
 
@@ -87,7 +87,12 @@ class _TreeBuilder:
         try:
             params = plug.params.model_validate(raw if raw is not None else {})
         except ValidationError as exc:
-            self.errors.extend(pydantic_errors(exc, f"{path}.{name}"))
+            self.errors.extend(humanize(exc, raw, plug.params, f"{path}.{name}"))
+            # The subtrees' own errors (unknown variants) too, not only once the shape is fixed.
+            if isinstance(raw, dict):
+                for key, field in plug.params.model_fields.items():
+                    if field.annotation == PolicySpec and key in raw:
+                        self.build(raw[key], f"{path}.{name}.{key}")
             return Leaf("?")
         try:
             return plug.build(params, self.ctx, f"{path}.{name}")
@@ -101,7 +106,7 @@ def parse_config(data: Any, source: str = "") -> Config:
     try:
         spec = ConfigSpec.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(pydantic_errors(exc) + _policy_errors_of_raw(data)) from exc
+        raise ConfigError(humanize(exc, data, ConfigSpec) + _policy_errors_of_raw(data)) from exc
     errors: list[str] = []
     variants = frozenset(spec.variants)
     rollout_by_route: dict[str, str] = {}
@@ -169,18 +174,8 @@ def _policy_errors_of_raw(data: Any) -> list[str]:
 
 
 def load_config(path: str | Path) -> Config:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(document)"
-        raise ConfigError([f"{where}: YAML syntax error: {getattr(exc, 'problem', exc)}"]) from exc
-    return parse_config(data, source=str(p))
+    """The one validation path `validate`, `serve` and hot reload share."""
+    return parse_config(read_document(path), source=str(path))
 
 
 def json_schema() -> dict[str, Any]:

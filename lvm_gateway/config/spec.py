@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from lvm_gateway.contract.rollout import RolloutSpec
-from lvm_gateway.contract.strict import StrictModel
+from lvm_gateway.contract.strict import Seq, StrictModel
 from lvm_gateway.errors import ConfigError
 from lvm_gateway.policies.base import PolicySpec
 
@@ -39,7 +39,7 @@ class CircuitSpec(StrictModel):
 
 class VariantSpec(StrictModel):
     url: str | None = None
-    urls: tuple[str, ...] | None = None
+    urls: Seq[str] | None = None
     timeout_ms: float = Field(default=1000, gt=0)
     max_connections: int = Field(default=256, ge=1)
     circuit: CircuitSpec = CircuitSpec()
@@ -61,7 +61,7 @@ class VariantSpec(StrictModel):
 
 class RouteSpec(StrictModel):
     path: str
-    methods: tuple[str, ...] = ("POST",)
+    methods: Seq[str] = ("POST",)
     fallback: bool = True  # serve the stable variant when the canary fails
     # Inspect answers as LVM predictions: NaN/Inf and wrong dimensions become errors, empty hits
     # are counted, and predictions are recorded for feedback. Off for non-inference routes.
@@ -102,7 +102,7 @@ class LimitsSpec(StrictModel):
 
 class ConfigSpec(StrictModel):
     variants: dict[str, VariantSpec]
-    routes: tuple[RouteSpec, ...]
+    routes: Seq[RouteSpec]
     rollouts: dict[str, RolloutSpec] = {}
     feedback: FeedbackSpec = FeedbackSpec()
     redis_prefix: str = "lvmgw"

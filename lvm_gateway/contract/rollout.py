@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lvm_gateway.contract.strict import StrictModel
+from lvm_gateway.contract.strict import Seq, StrictModel
 
 Step = float | Literal["shadow"]
 Bound = Literal["max", "min"]
@@ -61,7 +61,7 @@ TUNABLE_KEYS = (
 
 class RolloutSpec(StrictModel):
     route: str
-    steps: tuple[Step, ...] = (10.0, 20.0, 50.0, 100.0)
+    steps: Seq[Step] = (10.0, 20.0, 50.0, 100.0)
     step_min_seconds: float = Field(default=30, ge=0)
     interval_seconds: float = Field(default=5, gt=0)
     min_requests: int = Field(default=200, ge=0)

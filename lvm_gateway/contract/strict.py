@@ -1,42 +1,28 @@
-"""The base of every config type, and how a validation error's location is written for people."""
+"""The base of every config type: strict, immutable, unknown keys refused.
+
+Strict means what the YAML says is what the model gets: `timeout_ms: "250"`, `weight: "10"`
+and `fallback: "yes"` are errors, not coerced; `.inf` and `.nan` are refused. How validation
+errors read is `contract/humanize.py`.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
-def format_loc(loc: tuple[Any, ...]) -> str:
-    """A pydantic location as the document's path: `rollouts.lvm.steps[2]`."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(document)"
+T = TypeVar("T")
 
 
-def pydantic_errors(exc: ValidationError, prefix: str = "") -> list[str]:
-    """Every error of a ValidationError as `path: message`, paths relative to `prefix`."""
-    errors = []
-    for err in exc.errors():
-        # Function-validator locations add noise that is not in the document.
-        loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
-        path = format_loc(loc)
-        if prefix:
-            path = prefix if path == "(document)" else f"{prefix}.{path}"
-        msg = err["msg"].removeprefix("Value error, ")
-        if msg.startswith("[") and "]: " in msg:
-            # A validator that points inside a list ("[2]: must be > 20") extends the path.
-            index, msg = msg.split(": ", 1)
-            path += index
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        errors.append(f"{path}: {msg}")
-    return errors
+def _list_as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+# A YAML list held as an immutable tuple. Strict mode takes only tuples for tuple fields; YAML
+# (and JSON round trips) give lists, so those, and only those, are converted before validation.
+Seq = Annotated[tuple[T, ...], BeforeValidator(_list_as_tuple)]

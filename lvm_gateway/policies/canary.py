@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from lvm_gateway.contract.strict import StrictModel
 from lvm_gateway.policies.base import (
@@ -45,12 +45,17 @@ class MirrorSpec(StrictModel):
     percent: float = Field(default=100, ge=0, le=100)
 
 
+def _false_is_off(value: object) -> object:
+    """`sticky: false` opts out of stickiness (held as None)."""
+    return None if value is False else value
+
+
 class CanaryParams(StrictModel):
     stable: PolicySpec
     canary: PolicySpec
     weight: float = Field(default=0, ge=0, le=100)
     # Sticky by default: one user must not flip between variants from request to request.
-    sticky: StickySpec | Literal[False] = StickySpec()
+    sticky: Annotated[StickySpec | None, BeforeValidator(_false_is_off)] = StickySpec()
     mirror: MirrorSpec | None = None
     salt: str | None = Field(default=None, max_length=64)
 
@@ -112,7 +117,7 @@ def _build(p: CanaryParams, ctx: BuildContext, path: str) -> Canary:
         stable=stable,
         canary=canary,
         weight=p.weight,
-        sticky_header=p.sticky.header.lower() if p.sticky is not False else None,
+        sticky_header=p.sticky.header.lower() if p.sticky is not None else None,
         salt=salt.encode()[:64],
         mirror=p.mirror.variant if p.mirror else None,
         mirror_percent=p.mirror.percent if p.mirror else 0.0,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
-from lvm_gateway.contract.strict import StrictModel
+from lvm_gateway.contract.strict import Seq, StrictModel
 from lvm_gateway.errors import BadRequestError
 from lvm_gateway.policies.base import (
     BuildContext,
@@ -33,7 +33,7 @@ from lvm_gateway.policies.base import (
 
 class HeaderParams(StrictModel):
     header: str = "X-Variant"
-    allow: tuple[str, ...] | None = None
+    allow: Seq[str] | None = None
     default: PolicySpec
     token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 

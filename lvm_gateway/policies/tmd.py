@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pydantic import Field, field_validator
 
 from lvm_gateway.contract.gate import N_EXPERTS, GateRuntime, default_gate_state
-from lvm_gateway.contract.strict import StrictModel
+from lvm_gateway.contract.strict import Seq, StrictModel
 from lvm_gateway.errors import BadRequestError, CheckpointError, ConfigError
 from lvm_gateway.policies.base import (
     BuildContext,
@@ -31,7 +31,7 @@ from lvm_gateway.torchfile import load_gate_state
 
 class TmdParams(StrictModel):
     name: str = Field(default="tmd", pattern=r"^[A-Za-z0-9_.-]+$")
-    experts: tuple[str, ...]
+    experts: Seq[str]
     top_k: int = Field(default=2, ge=1, le=N_EXPERTS)
     gate: str | None = None
     capacity: int = Field(default=64, ge=1)  # in-flight requests per expert before overflow

@@ -1,7 +1,11 @@
 """`rolloutctl`: drive and watch rollouts held in Redis.
 
 Exit codes: 0 done; 1 refused (unknown rollout, invalid transition, conflict, bad threshold);
-2 usage or policy file errors; 3 Redis unreachable.
+2 usage or policy file errors; 3 Redis unreachable (or, for `embedded status`, not running).
+
+The key prefix comes from `--prefix` > `$LVM_GATEWAY_PREFIX` > the `--config` file's
+`redis_prefix` > "lvmgw". Read-only verbs (status, history, thresholds without changes) never
+start the embedded Redis: with none configured and none running they say where they looked.
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ from rich.table import Table
 
 from lvm_gateway.contract.rollout import RolloutStatus
 from lvm_gateway.errors import ConfigError, RedisUnavailableError, RolloutError
-from lvm_gateway.redisconn import open_client, resolve_redis_url
+from lvm_gateway.redisconn import (
+    embedded_status,
+    home_dir,
+    open_client,
+    redact_url,
+    resolve_redis_url,
+    stop_embedded,
+)
 from lvm_gateway.rollout import ops
 from lvm_gateway.rollout.controller import reconcile_once, run_controller
 from lvm_gateway.rollout.store import RolloutStore
@@ -209,11 +220,60 @@ VERBS: dict[str, Callable[[RolloutStore, argparse.Namespace], Awaitable[int]]] =
 }
 
 
+def cmd_embedded(args: argparse.Namespace) -> int:
+    """Where the embedded daemon runs and how it persists, or stop it; no store involved."""
+    if args.action == "stop":
+        pid = stop_embedded()
+        home = home_dir()
+        if pid is None:
+            print(f"no embedded redis-server runs under {home}")
+        else:
+            print(f"stopped embedded redis-server (pid {pid}); data kept in {home}")
+        return 0
+    doc = embedded_status()
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    elif not doc["running"]:
+        print(f"no embedded redis-server runs under {doc['home']} (looked for {doc['socket']})")
+    else:
+        save = doc["save"].split()
+        pairs = zip(save[::2], save[1::2], strict=True)
+        every = ", ".join(f"{changes}+ writes in {secs}s" for secs, changes in pairs)
+        rows = [
+            ("running", f"pid {doc['pid']}, redis {doc['version']}, up {doc['uptime_seconds']}s"),
+            ("socket", doc["socket"]),
+            ("data dir", doc["data_dir"]),
+            ("AOF", f"appendonly {doc['appendonly']}, fsync {doc['appendfsync']}, "
+                    f"last write {doc['aof_last_write_status']}"),
+            ("RDB", f"snapshot after {every or 'never'}; last at "
+                    + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(doc["last_save"]))),
+            ("memory", doc["used_memory_human"]),
+            ("log", doc["log"]),
+        ]  # fmt: skip
+        for label, value in rows:
+            print(f"{label:<9} {value}")  # plain lines: paths are never wrapped or cut
+    return 0 if doc["running"] else 3
+
+
+def resolve_prefix(flag: str | None, config_prefix: str | None) -> str:
+    return flag or os.environ.get("LVM_GATEWAY_PREFIX") or config_prefix or "lvmgw"
+
+
+def _read_only(args: argparse.Namespace) -> bool:
+    return args.verb in ("status", "history") or (
+        args.verb == "thresholds" and not args.assignments
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rolloutctl", description="drive rollouts held in Redis")
     p.add_argument("--redis", default=None, help="Redis URL (default: $REDIS_URL, else embedded)")
     p.add_argument("--config", default=None, help="policy YAML: registers its rollouts first")
-    p.add_argument("--prefix", default=None, help="Redis key prefix (default: the config's)")
+    p.add_argument(
+        "--prefix",
+        default=None,
+        help="Redis key prefix (default: $LVM_GATEWAY_PREFIX, else the config's, else lvmgw)",
+    )
     sub = p.add_subparsers(dest="verb", required=True)
     s = sub.add_parser("status", help="phase, step, weight, metrics vs thresholds")
     s.add_argument("name", nargs="?")
@@ -241,17 +301,19 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("controller", help="run the rollout controller")
     c.add_argument("--once", action="store_true", help="one reconcile pass, then exit")
     c.add_argument("--lease-seconds", type=float, default=3.0, help="leader lease (failover time)")
+    e = sub.add_parser("embedded", help="the embedded redis-server of this directory")
+    e.add_argument("action", choices=("status", "stop"))
+    e.add_argument("--json", action="store_true")
     return p
 
 
 async def _run(args: argparse.Namespace) -> int:
-    prefix = args.prefix or "lvmgw"
     config = None
     if args.config:
         from lvm_gateway.config.load import load_config
 
         config = load_config(args.config)
-        prefix = args.prefix or config.spec.redis_prefix
+    prefix = resolve_prefix(args.prefix, config.spec.redis_prefix if config else None)
     client = open_client(args.redis_url, timeout_s=2.0)
     try:
         await client.ping()
@@ -268,8 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.verb == "controller":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.redis_url = None
     try:
-        args.redis_url = resolve_redis_url(args.redis)
+        if args.verb == "embedded":
+            return cmd_embedded(args)
+        args.redis_url = resolve_redis_url(args.redis, start_embedded=not _read_only(args))
         return asyncio.run(_run(args))
     except KeyboardInterrupt:
         return 0
@@ -280,9 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     except RolloutError as exc:
         err.print(f"rolloutctl: {exc}", markup=False)
         return 1
-    except (RedisUnavailableError, RedisError, OSError) as exc:
-        err.print(f"rolloutctl: Redis unreachable at {args.redis or 'default'}: {exc}",
-                  markup=False)  # fmt: skip
+    except RedisUnavailableError as exc:
+        err.print(f"rolloutctl: {exc}", markup=False)
+        return 3
+    except (RedisError, OSError) as exc:
+        where = redact_url(args.redis_url) if args.redis_url else "the embedded Redis"
+        err.print(f"rolloutctl: Redis unreachable at {where}: {exc}", markup=False)
         return 3
 
 

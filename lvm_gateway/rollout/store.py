@@ -22,9 +22,9 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from lvm_gateway.config.load import Config
+from lvm_gateway.contract.humanize import humanize
 from lvm_gateway.contract.keys import HISTORY_MAXLEN, RedisKeys
 from lvm_gateway.contract.rollout import TUNABLE_KEYS, Actor, RolloutSpec, RolloutStatus, Thresholds
-from lvm_gateway.contract.strict import format_loc
 from lvm_gateway.errors import (
     ConflictError,
     NotLeaderError,
@@ -70,7 +70,10 @@ def _parse_threshold_value(key: str, raw: str) -> Any:
         if "." not in key:
             raise ThresholdError(f"{key}: cannot be unset")
         return None
-    return raw
+    try:
+        return json.loads(raw)  # 8, 0.5, 1e3 as numbers; the model refuses anything else
+    except ValueError:
+        return raw
 
 
 class RolloutStore:
@@ -152,13 +155,12 @@ class RolloutStore:
                                       for k in Thresholds.model_fields)]
                 )  # fmt: skip
                 raise ThresholdError(f"unknown key {key!r} (known: {known})")
+        merged = {**reg.spec.model_dump(mode="json"), **updated}
         try:
-            spec = RolloutSpec.model_validate({**reg.spec.model_dump(mode="json"), **updated})
+            spec = RolloutSpec.model_validate(merged)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = format_loc(tuple(err["loc"]))
-            msg = err["msg"].removeprefix("Value error, ")
-            raise ThresholdError(msg if where == "(document)" else f"{where}: {msg}") from exc
+            first = humanize(exc, merged, RolloutSpec)[0]
+            raise ThresholdError(first.removeprefix("(document): ")) from exc
         tunables = spec.tunables()
         status = await self.get(name)
         changes = ", ".join(f"{k}={v}" for k, v in assignments.items())

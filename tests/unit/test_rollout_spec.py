@@ -30,7 +30,7 @@ def test_step_errors_carry_their_path() -> None:
 
 def test_unknown_threshold_key_is_an_error() -> None:
     assert errors_for({"success": {"p99_ms_max": 3}}) == [
-        "rollouts.lvm.success.p99_ms_max: unknown key"
+        "rollouts.lvm.success.p99_ms_max: unknown key (did you mean 'p95_ms_max'?)"
     ]
 
 
