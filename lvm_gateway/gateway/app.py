@@ -27,6 +27,7 @@ from lvm_gateway.gateway.circuit import Circuits
 from lvm_gateway.gateway.config import Config, Route, load_config
 from lvm_gateway.gateway.dispatch import Call, Dispatcher, RecorderLike
 from lvm_gateway.gateway.feedback import parse_feedback, score
+from lvm_gateway.gateway.headers import upstream_request_headers
 from lvm_gateway.gateway.metrics import MetricsRecorder, RolloutCollector
 from lvm_gateway.gateway.mirror import Mirror
 from lvm_gateway.gateway.records import PredictionRecords
@@ -42,11 +43,6 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
-# Not forwarded upstream: hop-by-hop headers, and those aiohttp sets itself.
-_DROP_HEADERS = frozenset(
-    {"host", "connection", "keep-alive", "content-length", "transfer-encoding", "upgrade",
-     "proxy-connection", "te", "trailer", "expect"}
-)  # fmt: skip
 _JSON = b"application/json"
 
 
@@ -218,6 +214,7 @@ class GatewayApp:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = headers.get("x-request-id") or os.urandom(12).hex()
         variant = "none"
+        passed: tuple[tuple[bytes, bytes], ...] = ()
         try:
             if scope["method"] not in route.methods:
                 allowed = ", ".join(sorted(route.methods))
@@ -225,7 +222,7 @@ class GatewayApp:
                     f"{scope['method']} not allowed on {path}; use {allowed}", status=405
                 )
             body = await _read_body(receive)
-            status, payload, ctype, variant = await self._proxy(
+            status, payload, ctype, variant, passed = await self._proxy(
                 route, scope, headers, body, request_id
             )
         except BadRequestError as exc:
@@ -245,13 +242,13 @@ class GatewayApp:
                 },
             )
             ctype = _JSON
-        extra = ((b"x-request-id", request_id.encode()), (b"x-variant", variant.encode()))
+        extra = ((b"x-request-id", request_id.encode()), (b"x-variant", variant.encode()), *passed)
         await _respond(send, status, payload, ctype, extra)
         self.metrics.request(path, variant, status, time.perf_counter() - started)
 
     async def _proxy(
         self, route: Route, scope: Scope, headers: dict[str, str], body: bytes, request_id: str
-    ) -> tuple[int, bytes, bytes, str]:
+    ) -> tuple[int, bytes, bytes, str, tuple[tuple[bytes, bytes], ...]]:
         view = RoutingView(
             weights=self.dataplane.weights,
             shadow=self.dataplane.shadow,
@@ -261,14 +258,15 @@ class GatewayApp:
             mirror_draw=self._random(),
         )
         decision = route.policy.decide(RequestInfo(headers, body), view)
-        forward = {k: v for k, v in headers.items() if k not in _DROP_HEADERS}
-        forward["x-request-id"] = request_id
+        client = scope.get("client")
+        forward = upstream_request_headers(
+            headers, client[0] if client else None, scope["scheme"], request_id, route.inspect
+        )
         target = route.path + (
             f"?{scope['query_string'].decode()}" if scope["query_string"] else ""
         )
-        call = Call(
-            target, body, forward, request_id, lane_of(headers, body) if route.inspect else None
-        )
+        lane = lane_of(headers, body) if route.inspect else None
+        call = Call(target, body, forward, request_id, lane, scope["method"])
         if decision.mirror is not None:
             self.mirror.submit(decision.mirror, call)
         served = decision.variant
@@ -278,15 +276,15 @@ class GatewayApp:
             fallback = decision.fallback if route.fallback else None
             if fallback is None:
                 status, payload = error_body(exc, request_id)
-                return status, payload, _JSON, served
+                return status, payload, _JSON, served, ()
             self.metrics.fallback(route.path, served, fallback)
             served = fallback
             try:
                 resp = await self.dispatch.serve(Decision(fallback), call, served=True)
             except UpstreamError as exc2:
                 status, payload = error_body(exc2, request_id)
-                return status, payload, _JSON, served
-        return resp.status, resp.body, resp.content_type.encode() or _JSON, served
+                return status, payload, _JSON, served, ()
+        return resp.status, resp.body, resp.content_type.encode() or _JSON, served, resp.headers
 
     async def _feedback(self, body: bytes) -> tuple[int, bytes]:
         fb = parse_feedback(body)

@@ -19,6 +19,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from lvm_gateway.errors import ConfigError, UnknownPluginError
+from lvm_gateway.gateway.tls import TLSSpec
 from lvm_gateway.policies.base import BuildContext, Leaf, Policy, PolicySpec, StrictModel, plugin
 from lvm_gateway.rollout.spec import RolloutSpec
 
@@ -40,6 +41,8 @@ class VariantSpec(StrictModel):
     urls: tuple[str, ...] | None = None
     timeout_ms: float = Field(default=1000, gt=0)
     max_connections: int = Field(default=256, ge=1)
+    max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1)  # larger answers: a 502
+    tls: TLSSpec | None = None  # for https:// endpoints; None: the system CA store
     circuit: CircuitSpec = CircuitSpec()
 
     @model_validator(mode="after")

@@ -46,6 +46,7 @@ class Call:
     headers: dict[str, str]  # forwarded headers, with X-Request-Id
     request_id: str
     lane: str | None  # None on routes that are not LVM inference routes: answers not inspected
+    method: str = "POST"  # as the client sent it
 
 
 class Dispatcher:
@@ -94,7 +95,7 @@ class Dispatcher:
         self.inflight[variant] = self.inflight.get(variant, 0) + 1
         t0 = time.perf_counter()
         try:
-            resp = await client.post(call.target, call.body, call.headers)
+            resp = await client.request(call.method, call.target, call.body, call.headers)
             inspect = lane is not None and resp.status == 200
             prediction = inspect_answer(resp.body, variant) if inspect else None
         except UpstreamError as exc:
