@@ -77,7 +77,7 @@ class RawServer:
         self.requests: list[RawRequest] = []
         self.server: asyncio.Server | None = None
         self.port = 0
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
@@ -90,7 +90,9 @@ class RawServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = RawConn(self.connections, writer)
         self.connections += 1
-        self._writers.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         try:
             while True:
                 try:
@@ -111,16 +113,17 @@ class RawServer:
                 conn.served += 1
                 await writer.drain()
         finally:
-            self._writers.discard(writer)
+            self._tasks.discard(task)
             if not writer.transport.is_closing():
                 writer.close()
 
     async def _stop(self) -> None:
         assert self.server is not None
         self.server.close()
-        for w in list(self._writers):
-            w.transport.abort()
-        await self.server.wait_closed()
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class RawLoop:

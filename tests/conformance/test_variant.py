@@ -180,10 +180,12 @@ def _config(tls: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("tls", "expected"),
     [
-        ({"ca_file": "/nonexistent/ca.pem"}, "variants.phase2.tls.ca_file: /nonexistent/ca.pem: no such file"),
+        ({"ca_file": "/nonexistent/ca.pem"},
+         "variants.phase2.tls.ca_file: /nonexistent/ca.pem: no such file"),
         ({"ca_file": "NOTPEM"}, "variants.phase2.tls.ca_file: NOTPEM: not a PEM CA bundle"),
         ({"cert_file": "CERT"}, "variants.phase2.tls: a client certificate needs both"),
-        ({"cert_file": "CERT", "key_file": "OTHERKEY"}, "variants.phase2.tls: cert_file/key_file: cannot load"),
+        ({"cert_file": "CERT", "key_file": "OTHERKEY"},
+         "variants.phase2.tls: cert_file/key_file: cannot load"),
         ({"verify": "maybe"}, "variants.phase2.tls.verify:"),
         ({"ca": "x"}, "variants.phase2.tls.ca: unknown key"),
     ],
