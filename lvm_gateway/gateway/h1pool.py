@@ -57,7 +57,6 @@ class BadResponseError(ConnectionError):
 class _Conn(asyncio.Protocol):
     __slots__ = (
         "_body",
-        "_framed",
         "_head",
         "_headers",
         "_in_head",
@@ -81,7 +80,6 @@ class _Conn(asyncio.Protocol):
         self._limit = 0
         self._head = False  # the request is a HEAD: the answer ends with its head
         self._in_head = False  # between message begin and headers complete (not trailers)
-        self._framed = False  # Content-Length or Transfer-Encoding present
         self._received = False
         self.closed = False
         self.keep_alive = True
@@ -112,7 +110,7 @@ class _Conn(asyncio.Protocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
-        if exc is None and not self._in_head and self._received and not self._framed:
+        if exc is None and not self._in_head and self._received and not self._framed():
             # A close-delimited body ends at a clean EOF (a reset is not an end).
             status = self.parser.get_status_code()
             if status >= 200:
@@ -127,15 +125,11 @@ class _Conn(asyncio.Protocol):
             self.close()
         self._headers = []
         self._in_head = True
-        self._framed = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:
             return  # a trailer: read, not forwarded
         self._headers.append((name, value))
-        n = name.lower()
-        if n == b"content-length" or n == b"transfer-encoding":
-            self._framed = True
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -161,6 +155,10 @@ class _Conn(asyncio.Protocol):
             return  # an interim response: the final one follows on this connection
         self.keep_alive = self.parser.should_keep_alive()
         self._deliver(status)
+
+    def _framed(self) -> bool:
+        """Whether the response head set its length (Content-Length or Transfer-Encoding)."""
+        return any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in self._headers)
 
     def _deliver(self, status: int) -> None:
         waiter, self._waiter = self._waiter, None
