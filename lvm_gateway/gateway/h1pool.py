@@ -229,7 +229,12 @@ class EndpointPool:
                 continue
             waiter = loop.create_future()
             self._waiters.append(waiter)
-            await waiter
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken, then cancelled: pass the free slot on
+                raise
         self._open += 1
         try:
             if self.tls is None:

@@ -38,6 +38,11 @@ async def client_for(request: pytest.FixtureRequest) -> AsyncIterator[Callable[.
         await c.close()
 
 
+async def echo(req: RawRequest, conn: RawConn) -> bool:
+    conn.write(response(200, req.id.encode()))
+    return True
+
+
 def known_failure(request: pytest.FixtureRequest, client: str, reason: str) -> None:
     """A case `client` is known to fail: run it anyway, strictly expected to fail."""
     if request.node.callspec.params["client_for"] == client:
@@ -319,3 +324,23 @@ async def test_stale_retry_happens_once(raw: MakeRaw) -> None:
         assert [r.target for r in srv.requests] == ["/warm", "/x", "/x"]
     finally:
         await client.close()
+
+
+async def test_pool_limit_queues_and_a_cancelled_waiter_passes_its_turn_on(raw: MakeRaw) -> None:
+    from lvm_gateway.gateway.h1pool import EndpointPool
+
+    srv = raw(echo)
+    pool = EndpointPool(srv.url, 1)
+    loop = asyncio.get_running_loop()
+    try:
+        held, _ = await pool._acquire(loop, fresh=False)
+        queued = asyncio.create_task(pool.request("GET", "/", b"", {"x-id": "q"}, 100))
+        third = asyncio.create_task(pool.request("GET", "/", b"", {"x-id": "3"}, 100))
+        await asyncio.sleep(0.01)  # both wait for the one connection
+        pool._release(held)  # wakes `queued` ...
+        queued.cancel()  # ... which is cancelled before it runs: `third` must get the turn
+        assert (await asyncio.wait_for(third, 2))[2] == b"3"
+        assert queued.cancelled()
+        assert srv.connections == 1
+    finally:
+        pool.close()

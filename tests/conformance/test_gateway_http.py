@@ -34,11 +34,19 @@ MakeRaw = Callable[[Handler], RawServer]
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
 
 
+_SPENT: set[int] = set()  # connections the raw server treats as timed out while idle
+
+
 async def scripted(req: RawRequest, conn: RawConn) -> bool:
     """The raw upstream's behaviour, chosen by the request's query string."""
     case = req.target.partition("?")[2]
     rid = req.headers.get("x-request-id", "").encode()
-    if case == "interim":
+    if conn.index in _SPENT:
+        return False  # closed as the request arrives: no answer
+    if case == "spend":
+        _SPENT.add(conn.index)
+        conn.write(response(200, rid))
+    elif case == "interim":
         conn.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
         await conn.writer.drain()
         conn.write(b"HTTP/1.1 100 Continue\r\n\r\n" + response(200, rid))
@@ -243,6 +251,18 @@ def test_broken_upstream_answers_are_errors_and_the_connection_is_discarded(
     r = gw.http.get("/raw", headers={"x-request-id": f"{case}-after"})
     assert (r.status_code, r.text) == (200, f"{case}-after")
     assert srv.connections == before + 1  # the broken exchange's connection was not reused
+
+
+def test_stale_pooled_connection_is_retried_on_a_fresh_one(
+    env: tuple[Gateway, RawServer],
+) -> None:
+    gw, srv = env
+    for i in range(3):
+        assert gw.http.get("/raw?spend", headers={"x-request-id": f"s{i}"}).text == f"s{i}"
+        before = srv.connections
+        r = gw.http.post("/raw", content=b"{}", headers={"x-request-id": f"after-s{i}"})
+        assert (r.status_code, r.text) == (200, f"after-s{i}")
+        assert srv.connections == before + 1  # the retry went to a new connection
 
 
 def test_half_broken_variant_serves_995_percent(
