@@ -259,9 +259,9 @@ class GatewayApp:
         )
         decision = route.policy.decide(RequestInfo(headers, body), view)
         client = scope.get("client")
-        forward = upstream_request_headers(
-            headers, client[0] if client else None, scope["scheme"], request_id, route.inspect
-        )
+        inspected = route.inspect or decision.fanout  # a mixture reads its experts' answers
+        peer = client[0] if client else None
+        forward = upstream_request_headers(headers, peer, scope["scheme"], request_id, inspected)
         target = route.path + (
             f"?{scope['query_string'].decode()}" if scope["query_string"] else ""
         )

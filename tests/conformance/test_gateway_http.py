@@ -84,6 +84,7 @@ variants:
   echo: {{url: "{echo}"}}
   secure: {{url: "{https}", tls: {{ca_file: "{ca}"}}}}
   half: {{urls: ["{raw}", "{bad}"]}}
+{experts}
 routes:
   - {{path: /raw, methods: {methods}, inspect: false, policy: raw}}
   - {{path: /method, methods: {methods}, inspect: false, policy: nginx}}
@@ -94,6 +95,7 @@ routes:
   - {{path: /stream, methods: [GET], inspect: false, policy: echo}}
   - {{path: /secure, methods: [GET], inspect: false, policy: secure}}
   - {{path: /half, methods: [GET], inspect: false, policy: half}}
+  - {{path: /mix.json, methods: [GET], inspect: false, policy: {{tmd: {{experts: {names}}}}}}}
 """
 
 
@@ -111,8 +113,12 @@ def gw_env(
     raw_loop.run(bad._start())
     www = Path(nginx.log).parent / "www"
     (www / "plain.json").write_bytes(b'{"text": "' + b"plain " * 200 + b'"}')
+    (www / "mix.json").write_bytes(LVM_ANSWER)
+    names = [f"e{i}" for i in range(16)]
+    experts = "\n".join(f'  {n}: {{url: "{nginx.url}"}}' for n in names)
     config = CONFIG.format(raw=srv.url, bad=bad.url, nginx=nginx.url, echo=uvicorn_url,
-                           https=nginx.https_url, ca=pki.ca, methods=METHODS)  # fmt: skip
+                           https=nginx.https_url, ca=pki.ca, methods=METHODS,
+                           experts=experts, names=names)  # fmt: skip
     try:
         with gateway(config, redis_url, tmp_path_factory.mktemp("gw")) as gw:
             yield gw, srv, bad
@@ -228,6 +234,15 @@ def test_gzip_passes_through_and_inspected_answers_stay_readable(
     assert head.startswith(b"HTTP/1.1 200"), out
     assert body == LVM_ANSWER
     assert len(orjson.loads(body)["predicted_vector"]) == 768
+
+
+def test_mixture_reads_its_experts_answers_whatever_the_client_accepts(
+    env: tuple[Gateway, RawServer],
+) -> None:
+    gw, _ = env
+    r = gw.http.get("/mix.json", headers={"accept-encoding": "gzip"})
+    assert r.status_code == 200, r.text
+    assert len(orjson.loads(r.content)["predicted_vector"]) == 768
 
 
 @pytest.mark.parametrize(
