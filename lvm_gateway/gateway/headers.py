@@ -21,11 +21,13 @@ HOP_BY_HOP = frozenset(
 _NOT_FORWARDED = HOP_BY_HOP | {
     "host", "content-length", "expect", "proxy-authorization", "x-mirror", "x-forwarded-proto"
 }  # fmt: skip
-# The gateway writes these on every answer (framing, its own X-Request-Id and X-Variant).
+# The gateway writes these on every answer (framing, its own X-Request-Id and X-Variant; its
+# server adds Date and Server, which would otherwise appear twice, as nginx's proxy hides them).
 _NOT_RETURNED = frozenset(
     name.encode()
-    for name in (*HOP_BY_HOP, "content-length", "content-type", "x-request-id", "x-variant")
-)
+    for name in (*HOP_BY_HOP, "content-length", "content-type", "x-request-id", "x-variant",
+                 "date", "server")
+)  # fmt: skip
 
 
 def _named(connection: str) -> set[str]:

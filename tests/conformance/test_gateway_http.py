@@ -160,6 +160,7 @@ def test_methods_pass_through(env: tuple[Gateway, RawServer]) -> None:
     for method in METHODS:
         r = gw.http.request(method, "/method")
         assert r.status_code == 200
+        assert len(r.headers.get_list("date")) == len(r.headers.get_list("server")) == 1
         assert r.text == ("" if method == "HEAD" else method)
     r = gw.http.request("POST", "/echo", content=b"12345")
     assert orjson.loads(r.content)["method"] == "POST"

@@ -41,7 +41,7 @@ def test_response_keeps_end_to_end_headers_only() -> None:
         (b"Connection", b"keep-alive, X-Hop"), (b"X-Hop", b"1"), (b"Keep-Alive", b"timeout=5"),
         (b"Transfer-Encoding", b"chunked"), (b"X-Request-Id", b"theirs"),
         (b"Content-Encoding", b"gzip"), (b"X-Model-Version", b"7"), (b"Set-Cookie", b"a=1"),
-        (b"Set-Cookie", b"b=2"),
+        (b"Set-Cookie", b"b=2"), (b"Date", b"Tue, 01 Dec 2026 21:00:00 GMT"), (b"Server", b"x"),
     ])  # fmt: skip
     assert ctype == "application/json"
     assert kept == (
