@@ -101,6 +101,9 @@ def serve(
         loop="uvloop",
         http="lvm_gateway.gateway.server:GuardedHttpToolsProtocol",
         timeout_keep_alive=limits.keep_alive_s,
+        # The gateway appends the peer to X-Forwarded-For itself; uvicorn rewriting the client
+        # address from that header (its default for 127.0.0.1) would repeat a client's claim.
+        proxy_headers=False,
         limit_concurrency=limits.max_connections,
         lifespan="on",
         access_log=False,

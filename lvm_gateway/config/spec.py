@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
+from lvm_gateway.config.tls import TLSSpec
 from lvm_gateway.contract.rollout import RolloutSpec
 from lvm_gateway.contract.strict import Seq, StrictModel
 from lvm_gateway.errors import ConfigError
@@ -42,6 +43,8 @@ class VariantSpec(StrictModel):
     urls: Seq[str] | None = None
     timeout_ms: float = Field(default=1000, gt=0)
     max_connections: int = Field(default=256, ge=1)
+    max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1)  # larger answers: a 502
+    tls: TLSSpec | None = None  # for https:// endpoints; None: the system CA store
     circuit: CircuitSpec = CircuitSpec()
 
     @model_validator(mode="after")

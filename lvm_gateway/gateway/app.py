@@ -36,6 +36,7 @@ from lvm_gateway.gateway.bodies import BodyBudget, Receive
 from lvm_gateway.gateway.circuit import Circuits
 from lvm_gateway.gateway.dispatch import Call, Dispatcher, RecorderLike
 from lvm_gateway.gateway.feedback import FeedbackIntake
+from lvm_gateway.gateway.headers import upstream_request_headers
 from lvm_gateway.gateway.ids import FeedbackTokens, client_id, new_gateway_id
 from lvm_gateway.gateway.metrics import MetricsRecorder, RecordsCollector, RolloutCollector
 from lvm_gateway.gateway.mirror import Mirror
@@ -50,11 +51,6 @@ log = logging.getLogger("lvm_gateway")
 Scope = dict[str, Any]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-# Not forwarded upstream: hop-by-hop headers, and the framing headers the upstream client sets.
-_DROP_HEADERS = frozenset(
-    {"host", "connection", "keep-alive", "content-length", "transfer-encoding", "upgrade",
-     "proxy-connection", "te", "trailer", "expect"}
-)  # fmt: skip
 _JSON = b"application/json"
 
 Headers = tuple[tuple[bytes, bytes], ...]
@@ -299,9 +295,10 @@ class GatewayApp:
                 )
             limits = self.config.spec.limits
             async with self.bodies.read(receive, limits.max_body_bytes) as body:
-                status, payload, ctype, variant, recorded = await self._proxy(
+                status, payload, ctype, variant, passed, recorded = await self._proxy(
                     route, scope, headers, body, gateway_id, cid
                 )
+            extra += passed
             if recorded and status == 200:
                 extra += ((b"x-feedback-token", self.tokens.issue(gateway_id).encode()),)
         except BadRequestError as exc:
@@ -335,8 +332,9 @@ class GatewayApp:
         body: bytes,
         gateway_id: str,
         cid: str | None,
-    ) -> tuple[int, bytes, bytes, str, bool]:
-        """(status, body, content type, serving variant, answer recorded for feedback)."""
+    ) -> tuple[int, bytes, bytes, str, Headers, bool]:
+        """(status, body, content type, serving variant, end-to-end response headers, answer
+        recorded for feedback)."""
         request_id = cid or gateway_id
         weights = self.dataplane.weights
         view = RoutingView(
@@ -350,14 +348,17 @@ class GatewayApp:
         )
         request = RequestInfo(headers, body)
         decision = route.policy.decide(request, view)
-        forward = {k: v for k, v in headers.items() if k not in _DROP_HEADERS}
-        forward["x-request-id"] = request_id
+        client = scope.get("client")
+        inspected = route.inspect or decision.fanout  # a mixture reads its experts' answers
+        peer = client[0] if client else None
+        scheme = scope.get("scheme", "http")  # optional in ASGI
+        forward = upstream_request_headers(headers, peer, scheme, request_id, inspected)
         target = route.path + (
             f"?{scope['query_string'].decode()}" if scope["query_string"] else ""
         )
         record = route.inspect and self.tokens.ready and self.records.sampled(gateway_id)
         lane = request.lane() if route.inspect else None
-        call = Call(target, body, forward, gateway_id, lane, cid, record)
+        call = Call(target, body, forward, gateway_id, lane, cid, record, scope["method"])
         if decision.mirror is not None:
             self.mirror.submit(decision.mirror, call)
         served = decision.variant
@@ -367,15 +368,16 @@ class GatewayApp:
             fallback = decision.fallback if route.fallback else None
             if fallback is None:
                 status, payload = error_body(exc, request_id)
-                return status, payload, _JSON, served, False
+                return status, payload, _JSON, served, (), False
             self.metrics.fallback(route.path, served, fallback)
             served = fallback
             try:
                 resp = await self.dispatch.serve(Decision(fallback), call, served=True)
             except UpstreamError as exc2:
                 status, payload = error_body(exc2, request_id)
-                return status, payload, _JSON, served, False
-        return resp.status, resp.body, resp.content_type.encode() or _JSON, served, record
+                return status, payload, _JSON, served, (), False
+        ctype = resp.content_type.encode() or _JSON
+        return resp.status, resp.body, ctype, served, resp.headers, record
 
     def _held(self, weights: Mapping[str, float]) -> frozenset[str]:
         """The variants a rollout holds at weight 0; recomputed only when the weights mapping

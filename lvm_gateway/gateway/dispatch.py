@@ -49,6 +49,7 @@ class Call:
     lane: str | None  # None on routes that are not LVM inference routes: answers not inspected
     client_id: str | None = None  # the client's X-Request-Id, for tracing only
     record: bool = False  # keep the answers for feedback (sampled, and a token can be issued)
+    method: str = "POST"  # as the client sent it
 
 
 class Dispatcher:
@@ -93,7 +94,7 @@ class Dispatcher:
         self.inflight[variant] = self.inflight.get(variant, 0) + 1
         t0 = time.perf_counter()
         try:
-            resp = await client.post(call.target, call.body, call.headers)
+            resp = await client.request(call.method, call.target, call.body, call.headers)
             inspect = lane is not None and resp.status == 200
             prediction = inspect_answer(resp.body, variant) if inspect else None
         except UpstreamError as exc:

@@ -1,31 +1,68 @@
 """A lean HTTP/1.1 keep-alive client for the data plane: asyncio protocols and httptools.
 
-Why not aiohttp's client: measured here, it tops out near 6,600 req/s on one core against a fast
-upstream (about 150 us of Python per call), which alone would cap the gateway below its target
-(>= 10% of nginx's ~83k req/s). A model server speaks plain HTTP/1.1 with Content-Length
-responses, so the client only needs: a pool of persistent connections per endpoint, one request
-at a time per connection, a deadline, and the C parser uvicorn also uses.
+Why not aiohttp's client: measured by `bench/client_compare.py` (figures in its docstring), it
+costs several times more Python per call than this client, which would cap the gateway. A model
+server speaks plain HTTP/1.1, so the client needs: a pool of persistent connections per
+endpoint, one request at a time per connection, the C parser uvicorn also uses, and the framing
+rules that keep one exchange from leaking into the next.
+
+A proxy must never hand one request's answer to another, so a connection goes back to the pool
+only when its last exchange ended exactly at a message boundary:
+- interim 1xx responses (100, 103) are skipped; the final response is the answer;
+- a close-delimited body (HTTP/1.0, or no Content-Length and no chunked coding) is read to EOF
+  and the connection is spent;
+- a response to HEAD carries no body whatever its Content-Length says; the parser cannot be told
+  that, so the answer is taken at the end of its head and the connection is not reused;
+- conflicting framing (Content-Length with Transfer-Encoding, two Content-Lengths), a malformed
+  response, a body over the size limit, a reset, a timeout or bytes nobody asked for discard the
+  connection;
+- a reused idle connection that closes before any byte of the answer arrives (the server timed
+  it out while idle) is retried once, on a FRESH connection: the other idle ones may be just as
+  stale.
+
+Bodies are passed through as received (Content-Encoding untouched); trailers of a chunked body
+are read and dropped (the gateway answers with a Content-Length body).
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections import deque
 from urllib.parse import urlsplit
 
 import httptools
 
+Headers = list[tuple[bytes, bytes]]
+Response = tuple[int, Headers, bytes]  # status, response headers as received, body
+
+# Methods whose requests carry a Content-Length even when empty (RFC 9110 8.6).
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
 
 class ConnectionLostError(ConnectionError):
-    """The connection closed before a complete response; `sent` tells whether bytes went out."""
+    """The connection closed before a complete response; `received`: any byte of it arrived."""
+
+    def __init__(self, message: str, received: bool) -> None:
+        super().__init__(message)
+        self.received = received
+
+
+class BadResponseError(ConnectionError):
+    """The upstream's response cannot be trusted (framing, syntax, size): the connection is
+    discarded and the request is not retried on it."""
 
 
 class _Conn(asyncio.Protocol):
     __slots__ = (
         "_body",
-        "_ctype",
-        "_field",
+        "_head",
+        "_headers",
+        "_in_head",
+        "_limit",
+        "_received",
+        "_size",
         "_waiter",
         "closed",
         "keep_alive",
@@ -36,10 +73,14 @@ class _Conn(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self._waiter: asyncio.Future[tuple[int, bytes, str]] | None = None
+        self._waiter: asyncio.Future[Response] | None = None
+        self._headers: Headers = []
         self._body: list[bytes] = []
-        self._ctype = ""
-        self._field = b""
+        self._size = 0
+        self._limit = 0
+        self._head = False  # the request is a HEAD: the answer ends with its head
+        self._in_head = False  # between message begin and headers complete (not trailers)
+        self._received = False
         self.closed = False
         self.keep_alive = True
 
@@ -51,44 +92,98 @@ class _Conn(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        if self._waiter is None:  # bytes nobody asked for: this connection is out of step
+            self.close()
+            return
+        self._received = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(ConnectionLostError(f"malformed response: {exc}"))
+            self._fail(BadResponseError(f"malformed response: {exc}"))
             self.close()
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost decides whether a body just ended
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._fail(ConnectionLostError(f"connection closed: {exc or 'by peer'}"))
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if exc is None and not self._in_head and self._received and not self._framed():
+            # A close-delimited body ends at a clean EOF (a reset is not an end).
+            status = self.parser.get_status_code()
+            if status >= 200:
+                self._deliver(status)
+                return
+        why = exc or "by peer"
+        self._fail(ConnectionLostError(f"connection closed: {why}", self._received))
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self._waiter is None:  # a second response to one request
+            self.close()
+        self._headers = []
+        self._in_head = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"content-type":
-            self._ctype = value.decode("latin-1")
+        if not self._in_head:
+            return  # a trailer: read, not forwarded
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self._head and self.parser.get_status_code() >= 200:
+            self.keep_alive = False
+            self._deliver(self.parser.get_status_code())
+            self.close()
 
     def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size > self._limit:
+            self._fail(BadResponseError(f"response body larger than {self._limit} bytes"))
+            self.close()
+            return
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:
+            if status == 101:  # never asked for an upgrade
+                self._fail(BadResponseError("unexpected 101 Switching Protocols"))
+                self.close()
+            return  # an interim response: the final one follows on this connection
         self.keep_alive = self.parser.should_keep_alive()
+        self._deliver(status)
+
+    def _framed(self) -> bool:
+        """Whether the response head set its length (Content-Length or Transfer-Encoding)."""
+        return any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in self._headers)
+
+    def _deliver(self, status: int) -> None:
         waiter, self._waiter = self._waiter, None
-        body, self._body = b"".join(self._body), []
+        body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
+        self._body = []
         if waiter is not None and not waiter.done():
-            waiter.set_result((self.parser.get_status_code(), body, self._ctype))
+            waiter.set_result((status, self._headers, body))
 
     def _fail(self, exc: Exception) -> None:
         waiter, self._waiter = self._waiter, None
+        self._body = []
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
 
     def send(
-        self, data: bytes, loop: asyncio.AbstractEventLoop
-    ) -> asyncio.Future[tuple[int, bytes, str]]:
-        self._waiter = loop.create_future()
-        self._ctype = ""
+        self, data: bytes, head: bool, limit: int, loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[Response]:
+        self._waiter = waiter = loop.create_future()
+        self._head = head
+        self._limit = limit
+        self._size = 0
+        self._received = False
         assert self.transport is not None
         self.transport.write(data)
-        return self._waiter
+        return waiter
 
     def close(self) -> None:
         self.closed = True
@@ -97,48 +192,66 @@ class _Conn(asyncio.Protocol):
 
 
 class EndpointPool:
-    """Persistent connections to one host:port, at most `limit` of them open at once."""
+    """Persistent connections to one host:port, at most `limit` of them open at once.
 
-    def __init__(self, base_url: str, limit: int) -> None:
+    `opened` counts connections ever made: tests and benchmarks read it to see reuse.
+    """
+
+    def __init__(self, base_url: str, limit: int, tls: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(base_url)
-        if parts.scheme != "http":
-            raise ValueError(f"{base_url}: the data-plane client speaks plain http only")
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"{base_url}: the data-plane client speaks http and https only")
+        https = parts.scheme == "https"
         self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 80
+        self.port = parts.port or (443 if https else 80)
         self.prefix = parts.path.rstrip("/")
         self.host_header = parts.netloc.encode()
         self.limit = limit
+        self.tls = (tls or ssl.create_default_context()) if https else None
+        self.opened = 0
         self._idle: deque[_Conn] = deque()
         self._open = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
-    async def _acquire(self, loop: asyncio.AbstractEventLoop) -> tuple[_Conn, bool]:
+    async def _acquire(self, loop: asyncio.AbstractEventLoop, fresh: bool) -> tuple[_Conn, bool]:
         """A connection, and whether it was reused (the peer may have closed a reused one)."""
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.closed:
-                return conn, True
-            self._open -= 1
-        while self._open >= self.limit:
-            waiter = loop.create_future()
-            self._waiters.append(waiter)
-            await waiter
-            if self._idle:
-                conn = self._idle.pop()
+        while True:
+            while self._idle and not fresh:
+                conn = self._idle.pop()  # the most recently used: least likely to be stale
                 if not conn.closed:
                     return conn, True
                 self._open -= 1
+            if self._open < self.limit:
+                break
+            if self._idle:  # a fresh one is needed at the limit: retire the oldest idle one
+                self._idle.popleft().close()
+                self._open -= 1
+                continue
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken, then cancelled: pass the free slot on
+                raise
         self._open += 1
         try:
-            _, conn = await loop.create_connection(_Conn, self.host, self.port)
+            if self.tls is None:
+                _, conn = await loop.create_connection(_Conn, self.host, self.port)
+            else:
+                _, conn = await loop.create_connection(
+                    _Conn, self.host, self.port, ssl=self.tls, server_hostname=self.host
+                )
         except BaseException:
             self._open -= 1
             self._wake()
             raise
+        self.opened += 1
         return conn, False
 
     def _release(self, conn: _Conn) -> None:
-        if conn.closed or not conn.keep_alive:
+        if conn.closed or not conn.keep_alive or conn._waiter is not None:
             conn.close()
             self._open -= 1
         else:
@@ -153,38 +266,41 @@ class EndpointPool:
                 return
 
     async def request(
-        self, path: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, bytes, str]:
-        """POST `body`; (status, body, content type). Raises OSError family on connection trouble.
+        self, method: str, target: str, body: bytes, headers: dict[str, str], limit: int
+    ) -> Response:
+        """Send one request; (status, headers, body) of its final response, body at most `limit`
+        bytes. Raises the OSError family: ConnectionLostError, BadResponseError, connect errors.
 
         The caller bounds the time with a deadline (asyncio.timeout); a cancelled request closes
         its connection, since the response may still arrive on it.
         """
         loop = asyncio.get_running_loop()
-        head = [b"POST ", (self.prefix + path).encode(), b" HTTP/1.1\r\nHost: ", self.host_header,
-                b"\r\nContent-Length: ", str(len(body)).encode(), b"\r\n"]  # fmt: skip
+        head = [method.encode(), b" ", (self.prefix + target).encode(), b" HTTP/1.1\r\nHost: ",
+                self.host_header, b"\r\n"]  # fmt: skip
+        if body or method in _BODY_METHODS:
+            head += (b"Content-Length: ", str(len(body)).encode(), b"\r\n")
         for k, v in headers.items():
             head.append(f"{k}: {v}\r\n".encode("latin-1"))
         head.append(b"\r\n")
         head.append(body)
         data = b"".join(head)
-        for _attempt in range(2):
-            conn, reused = await self._acquire(loop)
+        is_head = method == "HEAD"
+        conn, reused = await self._acquire(loop, fresh=False)
+        try:
             try:
-                result = await conn.send(data, loop)
-            except ConnectionLostError:
-                conn.close()
+                return await conn.send(data, is_head, limit, loop)
+            finally:
                 self._release(conn)
-                if reused:
-                    continue  # the peer closed an idle keep-alive connection: retry on a new one
+        except ConnectionLostError as exc:
+            if not reused or exc.received:
                 raise
-            except BaseException:
-                conn.close()
-                self._release(conn)
-                raise
+        # The server closed this idle connection as the request went out: nothing of an answer
+        # came back, so send it again, once, on a new connection.
+        conn, _ = await self._acquire(loop, fresh=True)
+        try:
+            return await conn.send(data, is_head, limit, loop)
+        finally:
             self._release(conn)
-            return result
-        raise ConnectionLostError("connection closed twice in a row")
 
     def close(self) -> None:
         while self._idle:

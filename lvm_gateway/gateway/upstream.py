@@ -1,14 +1,27 @@
-"""The upstream client pool: per-variant endpoint pools, round-robin, retries, error mapping.
+"""The upstream client pool: per-variant endpoints with their own health, retries, error mapping.
 
 The transport is `h1pool` (asyncio + httptools), not httpx or aiohttp: DESIGN section 4 measured
-httpx's async pool at ~600-740 req/s and aiohttp's client tops out near 6,600 req/s here. Library
-errors are translated at this boundary into the UpstreamError family, and `error_body` is the
-one place that maps them to 502/504.
+httpx's async pool at ~600-740 req/s, and `bench/client_compare.py` measures aiohttp's client
+against h1pool (figures in its docstring). Library errors are translated at this boundary into
+the UpstreamError family, and `error_body` is the one place that maps them to 502/504.
+
+Health is per endpoint, as Envoy's outlier detection does it: an endpoint that fails
+`CONSECUTIVE_ERRORS` times in a row (5xx, connection failure, timeout), or more than
+`FAILURE_RATIO` of at least `FAILURE_MIN_REQUESTS` calls in a `FAILURE_WINDOW_S` window, is
+ejected for `BASE_EJECTION_S` x 2^(ejections-1) (at most `MAX_EJECTION_S`), then re-admitted;
+a clean window earns one ejection back. A failed call is retried on another endpoint that is
+not ejected, each endpoint at most once per request, while the variant's retry budget lasts
+(retries may add `RETRY_RATIO` of the request rate plus `RETRY_MIN_PER_S` a second), so a sick
+endpoint cannot multiply the load. When every endpoint is ejected the variant still tries one
+(Envoy's panic routing): its failures then reach the variant's circuit, which thus opens only
+when no endpoint is left. Each attempt has the variant's timeout; a bad response (framing, size)
+is the upstream's fault but not retried, since another endpoint would likely answer the same.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +34,18 @@ from lvm_gateway.errors import (
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
-from lvm_gateway.gateway.h1pool import EndpointPool
+from lvm_gateway.gateway.h1pool import BadResponseError, EndpointPool
+from lvm_gateway.gateway.headers import end_to_end
+
+CONSECUTIVE_ERRORS = 5
+FAILURE_WINDOW_S = 10.0
+FAILURE_MIN_REQUESTS = 20
+FAILURE_RATIO = 0.5
+BASE_EJECTION_S = 2.0
+MAX_EJECTION_S = 60.0
+RETRY_RATIO = 0.2
+RETRY_MIN_PER_S = 10.0
+RETRY_MAX_TOKENS = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,47 +53,176 @@ class UpstreamResponse:
     status: int
     body: bytes
     content_type: str
+    headers: tuple[tuple[bytes, bytes], ...] = ()  # end-to-end headers passed to the client
+
+
+class Endpoint:
+    """One upstream address: its connection pool and its outlier-detection state."""
+
+    __slots__ = (
+        "_failed",
+        "_ok",
+        "_window_end",
+        "consecutive",
+        "ejected_until",
+        "ejections",
+        "pool",
+        "url",
+    )
+
+    def __init__(self, url: str, limit: int, tls: ssl.SSLContext | None) -> None:
+        self.url = url
+        self.pool = EndpointPool(url, limit, tls)
+        self.consecutive = 0
+        self.ejections = 0
+        self.ejected_until = 0.0
+        self._ok = 0
+        self._failed = 0
+        self._window_end = 0.0
+
+    def available(self, now: float) -> bool:
+        return self.ejected_until <= now
+
+    def success(self, now: float) -> None:
+        self.consecutive = 0
+        self._ok += 1
+        if now >= self._window_end:
+            self._close_window(now)
+
+    def failure(self, now: float) -> None:
+        self.consecutive += 1
+        self._failed += 1
+        if self.consecutive >= CONSECUTIVE_ERRORS:
+            self._eject(now)
+        elif now >= self._window_end:
+            self._close_window(now)
+
+    def _close_window(self, now: float) -> None:
+        total = self._ok + self._failed
+        if total >= FAILURE_MIN_REQUESTS and self._failed > FAILURE_RATIO * total:
+            self._eject(now)
+            return
+        if self._failed == 0 and self.ejections:
+            self.ejections -= 1
+        self._ok = self._failed = 0
+        self._window_end = now + FAILURE_WINDOW_S
+
+    def _eject(self, now: float) -> None:
+        self.ejections += 1
+        backoff = BASE_EJECTION_S * 2 ** min(self.ejections - 1, 16)
+        self.ejected_until = now + min(MAX_EJECTION_S, backoff)
+        self.consecutive = self._ok = self._failed = 0
+        self._window_end = self.ejected_until + FAILURE_WINDOW_S
+
+
+class RetryBudget:
+    """Tokens for retries: each request adds RETRY_RATIO, time adds RETRY_MIN_PER_S a second."""
+
+    __slots__ = ("_last", "_tokens")
+
+    def __init__(self) -> None:
+        self._tokens = RETRY_MAX_TOKENS
+        self._last = 0.0
+
+    def deposit(self) -> None:
+        if self._tokens < RETRY_MAX_TOKENS:
+            self._tokens += RETRY_RATIO
+
+    def withdraw(self, now: float) -> bool:
+        tokens = min(RETRY_MAX_TOKENS, self._tokens + (now - self._last) * RETRY_MIN_PER_S)
+        self._last = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1.0
+        return True
 
 
 class VariantClient:
-    __slots__ = ("_next", "endpoints", "name", "spec", "timeout_s")
+    __slots__ = ("_next", "budget", "endpoints", "max_bytes", "name", "spec", "timeout_s")
 
     def __init__(self, name: str, spec: VariantSpec) -> None:
         self.name = name
         self.spec = spec
-        self.endpoints = tuple(EndpointPool(u, spec.max_connections) for u in spec.endpoints)
+        tls = spec.tls.context() if spec.tls is not None else None
+        self.endpoints = tuple(Endpoint(u, spec.max_connections, tls) for u in spec.endpoints)
         self.timeout_s = spec.timeout_ms / 1000.0
+        self.max_bytes = spec.max_response_bytes
+        self.budget = RetryBudget()
         self._next = 0
 
-    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> UpstreamResponse:
-        """One call within the variant's timeout; a connection failure moves to the next endpoint
-        (inference is idempotent, so a retry after a lost connection is safe)."""
+    @property
+    def healthy_endpoints(self) -> int:
+        now = asyncio.get_running_loop().time()
+        return sum(ep.available(now) for ep in self.endpoints)
+
+    def _first(self, now: float) -> int:
+        """Round-robin over the endpoints not ejected; over all of them when none is left."""
         n = len(self.endpoints)
         start = self._next
+        for i in range(n):
+            idx = (start + i) % n
+            if self.endpoints[idx].available(now):
+                self._next = (idx + 1) % n
+                return idx
         self._next = (start + 1) % n
-        last: OSError | None = None
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                for attempt in range(n):
-                    try:
-                        status, data, ctype = await self.endpoints[(start + attempt) % n].request(
-                            path, body, headers
-                        )
-                    except OSError as exc:
-                        last = exc
-                        continue
-                    if status >= 500:
-                        raise UpstreamStatusError(self.name, f"answered HTTP {status}")
-                    return UpstreamResponse(status, data, ctype)
-        except TimeoutError as exc:
-            raise UpstreamTimeoutError(
-                self.name, f"no answer within {self.spec.timeout_ms:g} ms"
-            ) from exc
-        raise UpstreamConnectError(self.name, f"no endpoint reachable: {last}") from last
+        return start
+
+    async def request(
+        self, method: str, target: str, body: bytes, headers: dict[str, str]
+    ) -> UpstreamResponse:
+        """One call, retried on other endpoints (module docstring); UpstreamError otherwise."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        endpoints = self.endpoints
+        n = len(endpoints)
+        idx = first = self._first(now) if n > 1 else 0
+        self.budget.deposit()
+        while True:
+            ep = endpoints[idx]
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    status, raw, data = await ep.pool.request(
+                        method, target, body, headers, self.max_bytes
+                    )
+            except TimeoutError as exc:
+                err: UpstreamError = UpstreamTimeoutError(
+                    self.name, f"no answer within {self.spec.timeout_ms:g} ms from {ep.url}"
+                )
+                err.__cause__ = exc
+            except BadResponseError as exc:
+                ep.failure(loop.time())
+                raise UpstreamStatusError(self.name, f"bad response from {ep.url}: {exc}") from exc
+            except OSError as exc:
+                err = UpstreamConnectError(self.name, f"{ep.url} unreachable: {exc}")
+                err.__cause__ = exc
+            else:
+                if status < 500:
+                    ep.success(loop.time())
+                    ctype, passed = end_to_end(raw)
+                    return UpstreamResponse(status, data, ctype, passed)
+                err = UpstreamStatusError(self.name, f"{ep.url} answered HTTP {status}")
+            now = loop.time()
+            ep.failure(now)
+            idx = self._retry_target(idx, first, now) if n > 1 else -1
+            if idx < 0 or not self.budget.withdraw(now):
+                raise err
+
+    def _retry_target(self, idx: int, first: int, now: float) -> int:
+        """The next endpoint after `idx` not ejected and not yet tried (tries go round from
+        `first`), or -1."""
+        n = len(self.endpoints)
+        for step in range(1, n):
+            nxt = (idx + step) % n
+            if nxt == first:
+                return -1
+            if self.endpoints[nxt].available(now):
+                return nxt
+        return -1
 
     def close(self) -> None:
-        for pool in self.endpoints:
-            pool.close()
+        for ep in self.endpoints:
+            ep.pool.close()
 
 
 class UpstreamPool:

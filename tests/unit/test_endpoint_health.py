@@ -1,0 +1,78 @@
+"""Per-endpoint outlier detection and the retry budget, driven with explicit clock values."""
+
+from __future__ import annotations
+
+from lvm_gateway.gateway.upstream import (
+    BASE_EJECTION_S,
+    CONSECUTIVE_ERRORS,
+    FAILURE_WINDOW_S,
+    RETRY_MAX_TOKENS,
+    Endpoint,
+    RetryBudget,
+)
+
+
+def endpoint() -> Endpoint:
+    return Endpoint("http://127.0.0.1:9", 1, None)  # no connection is made here
+
+
+def test_consecutive_failures_eject_with_doubling_backoff() -> None:
+    ep = endpoint()
+    for i in range(CONSECUTIVE_ERRORS - 1):
+        ep.failure(float(i))
+    ep.success(5.0)  # a success resets the run
+    for _ in range(CONSECUTIVE_ERRORS - 1):
+        ep.failure(6.0)
+    assert ep.available(6.0)
+    ep.failure(6.0)
+    assert not ep.available(6.0)
+    assert ep.available(6.0 + BASE_EJECTION_S)
+    t = 6.0 + BASE_EJECTION_S
+    for _ in range(CONSECUTIVE_ERRORS):  # re-admitted and failing again: twice as long
+        ep.failure(t)
+    assert not ep.available(t + 2 * BASE_EJECTION_S - 0.01)
+    assert ep.available(t + 2 * BASE_EJECTION_S)
+
+
+def test_error_rate_ejects_without_a_consecutive_run() -> None:
+    ep = endpoint()
+    ep.success(0.0)  # opens a window
+    for i in range(30):  # two failures, one success: never CONSECUTIVE_ERRORS in a row
+        (ep.success if i % 3 == 0 else ep.failure)(0.1 + i * 0.3)
+    assert ep.available(FAILURE_WINDOW_S - 0.1)
+    ep.success(FAILURE_WINDOW_S)  # the window closes with 20 failures in 31 calls
+    assert not ep.available(FAILURE_WINDOW_S + 0.1)
+
+
+def test_a_few_errors_in_a_busy_window_do_not_eject() -> None:
+    ep = endpoint()
+    ep.success(0.0)
+    for i in range(100):
+        (ep.failure if i % 10 == 0 else ep.success)(0.05 * i)
+    ep.success(FAILURE_WINDOW_S + 1)
+    assert ep.available(FAILURE_WINDOW_S + 1)
+
+
+def test_clean_windows_earn_ejections_back() -> None:
+    ep = endpoint()
+    for _ in range(CONSECUTIVE_ERRORS):
+        ep.failure(0.0)
+    assert ep.ejections == 1
+    t = BASE_EJECTION_S
+    ep.success(t)
+    assert ep.ejections == 1
+    ep.success(t + FAILURE_WINDOW_S + 0.1)  # a window without failures after the ejection ends
+    assert ep.ejections == 0
+
+
+def test_retry_budget_caps_retries_and_refills() -> None:
+    budget = RetryBudget()
+    allowed = sum(budget.withdraw(0.0) for _ in range(100))
+    assert allowed == int(RETRY_MAX_TOKENS)
+    assert not budget.withdraw(0.0)
+    for _ in range(5):  # five requests at 20% buy one retry
+        budget.deposit()
+    assert budget.withdraw(0.0)
+    assert not budget.withdraw(0.0)
+    assert budget.withdraw(0.1)  # 10 a second from the clock
+    assert not budget.withdraw(0.1)
