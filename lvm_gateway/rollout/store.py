@@ -104,6 +104,12 @@ class RolloutStore:
             pipe.sadd(self.keys.rollouts, name)
         await pipe.execute()
 
+    async def has_all(self, names: list[str]) -> bool:
+        """Whether every named rollout's spec is registered (one round trip)."""
+        if not names:
+            return True
+        return int(await self.client.exists(*(self.key(n, "spec") for n in names))) == len(names)
+
     async def names(self) -> list[str]:
         return sorted(_text(n) for n in await self.client.smembers(self.keys.rollouts))
 

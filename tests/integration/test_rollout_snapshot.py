@@ -131,3 +131,29 @@ async def test_dataplane_survives_a_redis_restart(tmp_path: Path) -> None:
             await dp.stop()
         server.kill()
         server.wait()
+
+
+async def test_the_gateway_registers_its_rollouts_again_when_redis_lost_them(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    prefix = f"rereg-{uuid.uuid4().hex[:6]}"
+    config = load_config(write_policy(tmp_path / "p.yaml", prefix))
+    dp = RolloutDataPlane(redis_url, prefix, run_controller=False, identity="gw1")
+    dp.recheck_interval_s = 0.1
+    client = open_client(redis_url)
+    store = RolloutStore(client, prefix)
+    try:
+        await dp.start(config)
+        await eventually(lambda: redis_client.sismember(f"{prefix}:rollouts", "phase2"), 2)
+        await ops.start(store, "phase2")
+        version = (await store.get("phase2")).version
+        # Registration again must not touch a status Redis kept.
+        await asyncio.sleep(0.3)
+        assert (await store.get("phase2")).version == version
+        # Redis loses everything (restarted without persistence, or flushed).
+        redis_client.flushdb()
+        await eventually(lambda: redis_client.sismember(f"{prefix}:rollouts", "phase2"), 2)
+        assert (await store.registered("phase2")).canary == "phase2"
+    finally:
+        await dp.stop()
+        await client.aclose()

@@ -61,6 +61,7 @@ class RolloutDataPlane:
         self.identity = identity
         self.flush_interval_s = flush_interval_s
         self.lease_seconds = lease_seconds
+        self.recheck_interval_s = 5.0  # how often registration checks Redis still has the specs
         self.recorder = WindowRecorder(prefix)
         # The last statuses read from Redis, for a cold start while Redis is unreachable.
         state_file = state_dir / f"rollouts-{prefix}.json" if state_dir is not None else None
@@ -107,11 +108,19 @@ class RolloutDataPlane:
         self._register = asyncio.create_task(self._register_loop(config), name="rollout-register")
 
     async def _register_loop(self, config: Config) -> None:
+        """Register the config's rollouts, and again whenever Redis has lost them (a restart
+        without persistence, a flush): statuses Redis kept are never touched."""
         backoff = 0.1
+        registered = False
         while True:
             try:
-                await self._store.register_specs(config)
-                return
+                if not registered or not await self._store.has_all(list(config.rollouts)):
+                    if registered:
+                        log.warning("rollouts missing from Redis; registering them again")
+                    await self._store.register_specs(config)
+                    registered = True
+                backoff = 0.1
+                await asyncio.sleep(self.recheck_interval_s)
             except (RedisError, OSError) as exc:
                 log.debug("registering rollouts waits for Redis: %s", exc)
                 await asyncio.sleep(backoff)
