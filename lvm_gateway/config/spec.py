@@ -7,9 +7,10 @@ whole document (policy trees, rollout bindings).
 from __future__ import annotations
 
 import os
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from lvm_gateway.config.tls import TLSSpec
 from lvm_gateway.contract.rollout import RolloutSpec
@@ -53,8 +54,16 @@ class VariantSpec(StrictModel):
             raise ValueError("give exactly one of 'url' or 'urls'")
         for u in self.endpoints:
             parts = urlsplit(u)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
+            if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"{u!r} is not an http(s) URL")
+            if any(c.isspace() for c in u):
+                raise ValueError(f"{u!r} contains white space")
+            try:
+                port = parts.port
+            except ValueError:
+                raise ValueError(f"{u!r} has an invalid port (1-65535)") from None
+            if port == 0:
+                raise ValueError(f"{u!r} has an invalid port (1-65535)")
         return self
 
     @property
@@ -62,10 +71,27 @@ class VariantSpec(StrictModel):
         return (self.url,) if self.url is not None else tuple(self.urls or ())
 
 
+RetryOn = Literal["connect", "5xx", "timeout"]
+
+
+class RetrySpec(StrictModel):
+    """How a failed call is retried on another endpoint of the same variant."""
+
+    attempts: int = Field(default=3, ge=1, le=10)  # tries in all, each on another endpoint
+    on: Seq[RetryOn] = ("connect", "5xx", "timeout")
+    # Retries may add this share of the variant's requests (plus 10 a second), so a sick
+    # endpoint cannot multiply the load.
+    budget: float = Field(default=0.2, ge=0, le=1)
+
+
+DEFAULT_RETRY = RetrySpec()
+
+
 class RouteSpec(StrictModel):
     path: str
-    methods: Seq[str] = ("POST",)
+    methods: Seq[Annotated[str, StringConstraints(pattern=r"^[A-Za-z]+$")]] = ("POST",)
     fallback: bool = True  # serve the stable variant when the canary fails
+    retry: RetrySpec = RetrySpec()
     # Inspect answers as LVM predictions: NaN/Inf and wrong dimensions become errors, empty hits
     # are counted, and predictions are recorded for feedback. Off for non-inference routes.
     inspect: bool = True

@@ -358,7 +358,9 @@ class GatewayApp:
         )
         record = route.inspect and self.tokens.ready and self.records.sampled(gateway_id)
         lane = request.lane() if route.inspect else None
-        call = Call(target, body, forward, gateway_id, lane, cid, record, scope["method"])
+        call = Call(
+            target, body, forward, gateway_id, lane, cid, record, scope["method"], route.retry
+        )
         if decision.mirror is not None:
             self.mirror.submit(decision.mirror, call)
         served = decision.variant

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import orjson
 
+from lvm_gateway.config.spec import DEFAULT_RETRY, RetrySpec
 from lvm_gateway.contract.windows import EMPTY, INVALID
 from lvm_gateway.errors import (
     CircuitOpenError,
@@ -50,6 +51,7 @@ class Call:
     client_id: str | None = None  # the client's X-Request-Id, for tracing only
     record: bool = False  # keep the answers for feedback (sampled, and a token can be issued)
     method: str = "POST"  # as the client sent it
+    retry: RetrySpec = DEFAULT_RETRY  # the route's retry policy
 
 
 class Dispatcher:
@@ -94,7 +96,9 @@ class Dispatcher:
         self.inflight[variant] = self.inflight.get(variant, 0) + 1
         t0 = time.perf_counter()
         try:
-            resp = await client.request(call.method, call.target, call.body, call.headers)
+            resp = await client.request(
+                call.method, call.target, call.body, call.headers, call.retry
+            )
             inspect = lane is not None and resp.status == 200
             prediction = inspect_answer(resp.body, variant) if inspect else None
         except UpstreamError as exc:
