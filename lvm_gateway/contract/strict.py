@@ -32,8 +32,9 @@ def pydantic_errors(exc: ValidationError, prefix: str = "") -> list[str]:
         if prefix:
             path = prefix if path == "(document)" else f"{prefix}.{path}"
         msg = err["msg"].removeprefix("Value error, ")
-        if msg.startswith("[") and "]: " in msg:
-            # A validator that points inside a list ("[2]: must be > 20") extends the path.
+        if msg.startswith("[") and ": " in msg:
+            # A validator that points inside a list ("[2]: must be > 20", "[1].pause.x: ...")
+            # extends the path.
             index, msg = msg.split(": ", 1)
             path += index
         if err["type"] == "extra_forbidden":

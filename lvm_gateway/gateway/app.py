@@ -279,6 +279,8 @@ class GatewayApp:
             f"?{scope['query_string'].decode()}" if scope["query_string"] else ""
         )
         call = Call(target, body, forward, request_id, request.lane() if route.inspect else None)
+        if decision.diverted is not None:
+            self.dispatch.divert(decision.diverted, call.lane)
         if decision.mirror is not None:
             self.mirror.submit(decision.mirror, call)
         served = decision.variant
