@@ -85,14 +85,17 @@ def test_pause_step_errors_carry_their_path() -> None:
             parse_config({**doc, "rollouts": {"lvm": {"route": "/infer", "steps": steps}}})
         return exc.value.errors
 
-    assert any(
-        "rollouts.lvm.steps[1]" in e and "invalid duration '1w'" in e
-        for e in errors([10, {"pause": {"duration": "1w"}}, 100])
-    )
-    assert any(
-        "rollouts.lvm.steps[1]" in e and "wait" in e
-        for e in errors([10, {"pause": {"wait": 1}}, 100])
-    )
+    assert errors([10, {"pause": {"duration": "1w"}}, 100]) == [
+        "rollouts.lvm.steps[1].pause.duration: invalid duration '1w': a number of seconds or "
+        "<number><s|m|h|d>, e.g. 30s, 5m, 1h, 2d"
+    ]
+    assert errors([10, {"pause": {"wait": 1}}, 100]) == [
+        "rollouts.lvm.steps[1].pause.wait: unknown key"
+    ]
+    assert errors([10, "half", 100]) == [
+        "rollouts.lvm.steps[1]: 'half' is not a step: give a percent, 'shadow', {pause: {}} or "
+        "{pause: {duration: 1h}}"
+    ]
     assert errors([10, 50, {"pause": {}}]) == [
         "rollouts.lvm.steps: the last weight step must be 100"
     ]
