@@ -35,12 +35,12 @@ from lvm_gateway.contract.strict import StrictModel, format_loc
 
 Bound = Literal["max", "min"]
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration(value: object) -> float:
-    """Seconds in a duration: a number of seconds, or a string like 30s, 5m, 1.5h, 2d."""
+    """Seconds in a duration: a number (of seconds), or a string like 30s, 5m, 1.5h, 2d."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     elif isinstance(value, str) and (m := _DURATION.fullmatch(value.strip())):
@@ -69,7 +69,7 @@ Duration = Annotated[
     BeforeValidator(parse_duration),
     WithJsonSchema({"anyOf": [
         {"type": "number", "minimum": 0},
-        {"type": "string", "pattern": r"^\d+(\.\d+)?[smhd]$"},
+        {"type": "string", "pattern": r"^\d+(\.\d+)?[smhd]?$"},
     ]}),
 ]  # fmt: skip
 
@@ -120,12 +120,13 @@ TUNABLE_KEYS = (
 class RolloutSpec(StrictModel):
     route: str
     steps: tuple[Step, ...] = (10.0, 20.0, 50.0, 100.0)
-    step_min_seconds: float = Field(default=30, ge=0)
-    interval_seconds: float = Field(default=5, gt=0)
+    # Durations: seconds, or 30s, 5m, 1h, 2d.
+    step_min_seconds: Duration = Field(default=30, ge=0)
+    interval_seconds: Duration = Field(default=5, gt=0)
     min_requests: int = Field(default=200, ge=0)
     min_feedback: int = Field(default=100, ge=0)  # per step, before any quality verdict
     failure_limit: int = Field(default=2, ge=1)
-    max_hold_seconds: float = Field(default=600, gt=0)
+    max_hold_seconds: Duration = Field(default=600, gt=0)
     shadow_percent: float = Field(default=100, ge=0, le=100)  # mirrored share in a shadow step
     # Start by itself, without `rolloutctl start`: on first registration, and whenever the
     # policy names a new canary.

@@ -45,13 +45,21 @@ def started(spec: RolloutSpec = SPEC) -> RolloutStatus:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("30s", 30), ("5m", 300), ("1h", 3600), ("2d", 172_800), ("1.5h", 5400), (90, 90), (0, 0)],
+    [
+        ("30s", 30),
+        ("5m", 300),
+        ("1h", 3600),
+        ("2d", 172_800),
+        ("1.5h", 5400),
+        (90, 90),
+        ("600", 600),
+    ],
 )
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("bad", ["1w", "h", "-5s", "5 m m", "", True, -1, None, "1h30m"])
+@pytest.mark.parametrize("bad", ["1w", "h", "-5s", "5 m m", "", True, -1, None, "1h30m", "5 s"])
 def test_bad_durations_say_what_is_accepted(bad: object) -> None:
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(bad)
