@@ -153,7 +153,8 @@ async def wait_for_outcome(
         status = await store.get(name)
         shown = (status.phase, status.step, status.weight, status.reason)
         if shown != last:
-            out.print(f"{time.strftime('%H:%M:%S')} {_status_line(status)}", markup=False)
+            # Plain lines, flushed: a CI log shows them as they happen, unwrapped.
+            print(f"{time.strftime('%H:%M:%S')} {_status_line(status)}", flush=True)
             last = shown
         code = _GATE_EXIT.get(status.phase)
         if code is not None:
