@@ -7,7 +7,8 @@ share whoever takes it.
 
 Pause steps hold the previous step's weight. Entering `{pause: {}}` makes the rollout Paused
 until `resume` or `advance` moves past it; `{pause: {duration: D}}` stays Progressing (the
-analysis still rolls back on a breach) and advances like any step, once D has passed.
+analysis still rolls back on a breach) and advances like any step, once D has passed. Resuming
+a rollout paused at either kind moves past it: the operator has seen enough.
 """
 
 from __future__ import annotations
