@@ -135,7 +135,10 @@ class RolloutStore:
                 return True
             except ConflictError:
                 continue  # the controller moved it meanwhile: judge the new state
-        raise ConflictError(f"{name} kept changing while being retired; registering again retries")
+        raise ConflictError(
+            f"{name} was removed from the policy and is no longer reconciled, but its status "
+            f"kept changing while being aborted: run `rolloutctl abort {name}`"
+        )
 
     async def names(self) -> list[str]:
         """The rollouts the policy declares: the ones the controller reconciles."""
