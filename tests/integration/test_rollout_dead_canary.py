@@ -1,6 +1,7 @@
 """A dead canary is never promoted: real lvm-serve and lvm-gateway processes under load, the
-canary SIGKILLed (or hung with SIGSTOP) at its last step. Its circuit opens, stable answers its
-users, and the requests it should have served count as its failures, so it is rolled back."""
+canary SIGKILLed (or hung with SIGSTOP) in its shadow step, at 50% or at its last step. Its
+circuit opens, stable answers its users (or its shadow copies fail), and the requests it should
+have served count as its failures, so it is rolled back."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def policy(tmp: Path, stable_url: str, canary_url: str) -> Path:
         f"k{uuid.uuid4().hex[:8]}",
         stable_url,
         canary_url,
-        steps=[50, 100],
+        steps=["shadow", 50, 100],
         step_min_seconds=8,  # what a dead canary would need to be promoted, were it not seen
         interval_seconds=INTERVAL_S,
         min_requests=20,
@@ -69,9 +70,15 @@ def policy(tmp: Path, stable_url: str, canary_url: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "hung"])
-async def test_a_dead_canary_at_its_last_step_is_rolled_back_never_promoted(
+@pytest.mark.parametrize(
+    ("how", "weight"),
+    [(signal.SIGKILL, 100.0), (signal.SIGSTOP, 100.0), (signal.SIGKILL, 50.0),
+     (signal.SIGKILL, None)],
+    ids=["killed-last-step", "hung-last-step", "killed-at-50", "killed-in-shadow"],
+)  # fmt: skip
+async def test_a_dead_canary_is_rolled_back_never_promoted(
     how: signal.Signals,
+    weight: float | None,
     stable: str,
     canary: tuple[str, subprocess.Popen[bytes]],
     redis_url: str,
@@ -82,11 +89,10 @@ async def test_a_dead_canary_at_its_last_step_is_rolled_back_never_promoted(
     async with rollout_store(redis_url, path) as store:
         with gateway(path.read_text(), redis_url, tmp_path) as gw:
             async with probing([gw.url]) as probe:
-                await ops.start(store, "phase2")
-                await ops.advance(store, "phase2", to=100)  # the last step
-                t_last = time.time()
-                while sum(1 for s in probe.since(t_last) if s[2] == "phase2") < 200:
-                    await asyncio.sleep(0.1)
+                await ops.start(store, "phase2")  # the shadow step
+                if weight is not None:
+                    await ops.advance(store, "phase2", to=weight)
+                await asyncio.sleep(2.0)  # healthy traffic in the step first
                 os.kill(canary_proc.pid, how)
                 killed_at = time.time()
                 done = await until(store, lambda s: s.phase != Phase.PROGRESSING, 20)
@@ -99,4 +105,4 @@ async def test_a_dead_canary_at_its_last_step_is_rolled_back_never_promoted(
     # Users never saw the failure: the stable variant answered the dead canary's requests.
     after = probe.since(killed_at)
     assert after and sum(1 for *_, code in after if code == 200) / len(after) >= 0.99
-    print(f"{how.name}: rolled back {detected_s:.2f}s after the canary died")
+    print(f"{how.name} at {weight}: rolled back {detected_s:.2f}s after the canary died")
