@@ -33,6 +33,7 @@ from lvm_gateway.contract.keys import RedisKeys
 from lvm_gateway.contract.rollout import RolloutStatus
 from lvm_gateway.contract.windows import BUCKET_SECONDS, WINDOW_TTL_SECONDS
 from lvm_gateway.rollout.observations import Observations, VariantWindow
+from lvm_gateway.rollout.windows import Counts, counts_of, read_buckets
 
 ROLLOUT_SCOPE = "rollout"
 # A bucket is folded once it ended this long ago: gateways flush every second, so later
@@ -41,8 +42,6 @@ ROLLOUT_SCOPE = "rollout"
 SETTLE_SECONDS = 5
 # Sums outlive their last fold by this long; every fold of an active rollout renews them.
 AGGREGATE_TTL_SECONDS = 30 * 86400
-
-Counts = dict[str, int]
 
 
 def run_id(status: RolloutStatus) -> str:
@@ -76,32 +75,6 @@ def _in_step(bucket: int, status: RolloutStatus) -> bool:
     return bucket + BUCKET_SECONDS > status.step_started_at
 
 
-async def _buckets(
-    client: aioredis.Redis, keys: RedisKeys, variants: list[str], buckets: range
-) -> dict[str, list[tuple[int, Counts]]]:
-    """Each variant's non-empty buckets in the range, with their counts."""
-    pipe = client.pipeline(transaction=False)
-    for variant in variants:
-        for bucket in buckets:
-            pipe.hgetall(keys.window(variant, bucket))
-    replies = iter(await pipe.execute())
-    out: dict[str, list[tuple[int, Counts]]] = {v: [] for v in variants}
-    for variant in variants:
-        for bucket in buckets:
-            raw = next(replies)
-            if raw:
-                out[variant].append((bucket, _counts(raw)))
-    return out
-
-
-def _counts(raw: Mapping[bytes | str, bytes | str]) -> Counts:
-    return {_text(k): int(v) for k, v in raw.items()}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _add(into: Counts, counts: Mapping[str, int]) -> None:
     for k, v in counts.items():
         into[k] = into.get(k, 0) + v
@@ -122,7 +95,7 @@ async def fold(client: aioredis.Redis, prefix: str, status: RolloutStatus, now: 
             await pipe.watch(mark_key)
             first = _first_unfolded(await pipe.get(mark_key), status, now)
             pending = range(first, settled + 1, BUCKET_SECONDS)
-            found = await _buckets(client, keys, variants, pending)
+            found = await read_buckets(client, prefix, variants, pending)
             pipe.multi()
             for variant, buckets in found.items():
                 whole: Counts = {}
@@ -168,9 +141,9 @@ async def observe(
     step: dict[str, Counts] = {}
     whole: dict[str, Counts] = {}
     for i, variant in enumerate(variants):
-        step[variant], whole[variant] = _counts(sums[2 * i]), _counts(sums[2 * i + 1])
+        step[variant], whole[variant] = counts_of(sums[2 * i]), counts_of(sums[2 * i + 1])
     recent = range(_first_unfolded(mark, status, now), _floor(now) + 1, BUCKET_SECONDS)
-    for variant, buckets in (await _buckets(client, keys, variants, recent)).items():
+    for variant, buckets in (await read_buckets(client, prefix, variants, recent)).items():
         for bucket, counts in buckets:
             _add(whole[variant], counts)
             if _in_step(bucket, status):
