@@ -132,7 +132,7 @@ def _step_name(step: Any) -> str:
 
 def _status_line(status: RolloutStatus) -> str:
     return (
-        f"{status.name}: {status.phase} step {status.step} weight {status.weight:g}% "
+        f"{status.name}: {status.phase} step {status.step + 1} weight {status.weight:g}% "
         f"(version {status.version}) - {status.reason}"
     )
 

@@ -3,7 +3,8 @@
 The operator's verbs (start, advance, rollback, abort, pause, resume) raise
 InvalidTransitionError with a message that says what to do instead; the controller's moves
 (reconcile.py) use the same step helpers, so a step always means the same weight and mirror
-share whoever takes it.
+share whoever takes it. Messages number steps from 1, as `rolloutctl status` does; the status
+and the history hold the 0-based index.
 
 Pause steps hold the previous step's weight. Entering `{pause: {}}` makes the rollout Paused
 until `resume` or `advance` moves past it; `{pause: {duration: D}}` stays Progressing (the
@@ -26,7 +27,7 @@ def enter_step(
     pause = spec.pause_at(index)
     waits = pause is not None and pause.duration is None
     if waits:
-        reason = f"{reason}; step {index}: waiting for `rolloutctl resume` (or advance)"
+        reason = f"{reason}; step {index + 1}: waiting for `rolloutctl resume` (or advance)"
     return status.evolve(
         phase=Phase.PAUSED if waits else Phase.PROGRESSING,
         step=index,
@@ -60,7 +61,7 @@ def promote(status: RolloutStatus, spec: RolloutSpec, now: float, reason: str) -
 
 
 def _where(status: RolloutStatus) -> str:
-    return f"{status.name} is {status.phase} (step {status.step}, weight {status.weight:g}%)"
+    return f"{status.name} is {status.phase} (step {status.step + 1}, weight {status.weight:g}%)"
 
 
 def start(
@@ -119,7 +120,7 @@ def advance(
             steps = ", ".join(spec.describe_step(i) for i in range(len(spec.steps)))
             raise InvalidTransitionError(
                 f"--to {to:g} is not a later step of {status.name} "
-                f"(steps: {steps}; now at step {status.step})"
+                f"(steps: {steps}; now at step {status.step + 1})"
             )
         target = later[0]
     return enter_step(
@@ -168,7 +169,7 @@ def resume(status: RolloutStatus, spec: RolloutSpec, now: float) -> RolloutStatu
     if status.phase != Phase.PAUSED:
         raise InvalidTransitionError(f"cannot resume {status.name}: it is {status.phase}")
     if spec.pause_at(status.step) is not None:
-        return next_step(status, spec, now, f"resumed by operator past step {status.step}")
+        return next_step(status, spec, now, f"resumed by operator past step {status.step + 1}")
     # A fresh step clock: the analysis judges traffic from now on, not the paused stretch.
     return status.evolve(
         phase=Phase.PROGRESSING,
