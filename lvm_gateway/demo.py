@@ -185,7 +185,7 @@ async def act_rollout(
             break
         await asyncio.sleep(0.2)
     status = await ops.start(store, name, identity="make demo")
-    console.print(f"  $ rolloutctl start {name}  -> {status.phase}, step {status.step}")
+    console.print(f"  $ rolloutctl start {name}  -> {status.phase}, step {status.step + 1}")
     cfg = traffic(st.gateway, timeout_s)
     latest: list[TrafficReport] = []
     task = asyncio.create_task(run_traffic(cfg, latest.append))

@@ -361,6 +361,8 @@ class GatewayApp:
         call = Call(
             target, body, forward, gateway_id, lane, cid, record, scope["method"], route.retry
         )
+        if decision.diverted is not None:
+            self.dispatch.divert(decision.diverted, call.lane)
         if decision.mirror is not None:
             self.mirror.submit(decision.mirror, call)
         served = decision.variant

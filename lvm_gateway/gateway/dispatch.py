@@ -15,7 +15,7 @@ from typing import Protocol
 import orjson
 
 from lvm_gateway.config.spec import DEFAULT_RETRY, RetrySpec
-from lvm_gateway.contract.windows import EMPTY, INVALID
+from lvm_gateway.contract.windows import DIVERTED, EMPTY, INVALID
 from lvm_gateway.errors import (
     CircuitOpenError,
     UpstreamConnectError,
@@ -82,11 +82,17 @@ class Dispatcher:
         if call.record:
             self.records.add(call.request_id, variant, lane, prediction, served, call.client_id)
 
+    def divert(self, variant: str, lane: str | None) -> None:
+        """A request meant for `variant` goes elsewhere because its circuit is open: a failure
+        of `variant` that its own counts would not show (it never saw the request)."""
+        self.windows.incr(variant, DIVERTED, lane=lane)
+
     async def _answer(
         self, variant: str, call: Call, lane: str | None
     ) -> tuple[UpstreamResponse, Prediction | None]:
         """The variant's inspected answer, counted against its circuit and in its windows."""
         if self.circuits.is_open(variant):
+            self.divert(variant, lane)
             exc: UpstreamError = CircuitOpenError(variant, "circuit open after repeated errors")
             self.metrics.upstream_error(variant, exc.kind)
             raise exc
@@ -137,6 +143,7 @@ class Dispatcher:
         """
         name, experts = decision.variant, decision.experts
         if not experts:
+            self.divert(name, call.lane)
             self.metrics.upstream_error(name, "circuit_open")
             raise CircuitOpenError(name, "every expert is masked (circuits open or at capacity)")
         t0 = time.perf_counter()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from lvm_gateway.contract.rollout import Bound, RolloutSpec
-from lvm_gateway.contract.windows import EMPTY, FEEDBACK, HITS, INVALID, REQUESTS
+from lvm_gateway.contract.windows import DIVERTED, EMPTY, FEEDBACK, HITS, INVALID, REQUESTS
 from lvm_gateway.rollout.observations import Observations, quantile_ms
 
 HIT5 = HITS[5]
@@ -56,8 +56,10 @@ def register_metric(metric: Metric) -> Metric:
 
 
 def _error_rate(obs: Observations, pad: int) -> float | None:
-    n = obs.canary.requests + pad
-    return obs.canary.errors / n if n else None
+    # Requests diverted from the canary (its circuit open) are failures it did not count.
+    diverted = obs.canary.get(DIVERTED)
+    n = obs.canary.requests + diverted + pad
+    return (obs.canary.errors + diverted) / n if n else None
 
 
 def _p95_ms(obs: Observations, pad: int) -> float | None:
@@ -65,7 +67,7 @@ def _p95_ms(obs: Observations, pad: int) -> float | None:
 
 
 def _canary_requests(obs: Observations) -> int:
-    return obs.canary.requests
+    return obs.canary.requests + obs.canary.get(DIVERTED)
 
 
 def _canary_feedback(obs: Observations) -> int:

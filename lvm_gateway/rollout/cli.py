@@ -2,6 +2,8 @@
 
 Exit codes: 0 done; 1 refused (unknown rollout, invalid transition, conflict, bad threshold);
 2 usage or policy file errors; 3 Redis unreachable (or, for `embedded status`, not running).
+`status NAME --timeout D` (a CI gate) exits 0 once Promoted, else EXIT_ROLLED_BACK,
+EXIT_ABORTED, EXIT_PAUSED or EXIT_TIMEOUT.
 
 The key prefix comes from `--prefix` > `$LVM_GATEWAY_PREFIX` > the `--config` file's
 `redis_prefix` > "lvmgw". Read-only verbs (status, history, thresholds without changes) never
@@ -29,7 +31,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from lvm_gateway.contract.rollout import RolloutStatus
+from lvm_gateway.contract.rollout import Phase, RolloutStatus, format_duration, parse_duration
 from lvm_gateway.errors import ConfigError, RedisUnavailableError, RolloutError
 from lvm_gateway.redisconn import (
     embedded_status,
@@ -43,6 +45,18 @@ from lvm_gateway.rollout import ops
 from lvm_gateway.rollout.controller import reconcile_once, run_controller
 from lvm_gateway.rollout.store import RolloutStore
 
+EXIT_ROLLED_BACK = 4
+EXIT_ABORTED = 5
+EXIT_PAUSED = 6
+EXIT_TIMEOUT = 7
+# Where `status --timeout` stops waiting, and its exit code.
+_GATE_EXIT = {
+    Phase.PROMOTED: 0,
+    Phase.ROLLED_BACK: EXIT_ROLLED_BACK,
+    Phase.ABORTED: EXIT_ABORTED,
+    Phase.PAUSED: EXIT_PAUSED,
+}
+
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # one-line reasons
 
@@ -52,6 +66,7 @@ _PHASE_STYLE = {
     "Paused": "yellow",
     "Promoted": "green",
     "RolledBack": "red",
+    "Aborted": "red",
 }
 _VERDICT_STYLE = {"pass": "green", "fail": "yellow", "breach": "red", "insufficient": "dim"}
 
@@ -81,16 +96,19 @@ def status_table(doc: dict[str, Any], lanes: bool = False) -> Group:
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
-    steps = ", ".join(str(s) if s == "shadow" else f"{s:g}" for s in doc["steps"])
+    steps = ", ".join(_step_name(s) for s in doc["steps"])
     step = doc["step"]
     in_step = doc["time_in_step"]
-    head.add_row("rollout", f"[bold]{doc['name']}[/]  {doc['stable']} -> {doc['canary']}")
+    removed = "  [red](removed from the policy)[/]" if doc["removed"] else ""
+    head.add_row("rollout", f"[bold]{doc['name']}[/]  {doc['stable']} -> {doc['canary']}{removed}")
     head.add_row("phase", f"[{_PHASE_STYLE.get(phase, '')}]{phase}[/]  {doc['reason']}")
     head.add_row("step", f"{step + 1}/{len(doc['steps'])} of [{steps}]" if step >= 0 else "-")
     head.add_row("weight", f"{doc['weight']:g}%" + (f"  mirror {doc['mirror']:g}%"
                                                      if doc["mirror"] else ""))  # fmt: skip
     head.add_row("time in step", "-" if in_step is None else f"{in_step:.0f}s")
     head.add_row("failures", f"{doc['failures']}/{doc['thresholds']['failure_limit']}")
+    if doc["diverted"]:
+        head.add_row("diverted", f"[red]{doc['diverted']}[/] canary requests (circuit open)")
     head.add_row("version", str(doc["version"]))
     head.add_row("next", doc["next"])
     parts: list[Any] = [head]
@@ -115,9 +133,18 @@ def status_table(doc: dict[str, Any], lanes: bool = False) -> Group:
     return Group(*parts, "")
 
 
+def _step_name(step: Any) -> str:
+    if step == "shadow":
+        return "shadow"
+    if isinstance(step, dict):
+        duration = step["pause"].get("duration")
+        return "pause" if duration is None else f"pause {format_duration(duration)}"
+    return f"{step:g}"
+
+
 def _status_line(status: RolloutStatus) -> str:
     return (
-        f"{status.name}: {status.phase} step {status.step} weight {status.weight:g}% "
+        f"{status.name}: {status.phase} step {status.step + 1} weight {status.weight:g}% "
         f"(version {status.version}) - {status.reason}"
     )
 
@@ -127,7 +154,34 @@ async def _describe_all(store: RolloutStore, name: str | None) -> list[dict[str,
     return [await ops.describe(store, n) for n in names]
 
 
+async def wait_for_outcome(
+    store: RolloutStore, name: str, timeout_s: float, poll_s: float = 0.5
+) -> int:
+    """Print each change of the rollout until it is Promoted (0), RolledBack, Aborted or Paused
+    (their exit codes), or `timeout_s` passes (EXIT_TIMEOUT)."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while True:
+        status = await store.get(name)
+        shown = (status.phase, status.step, status.weight, status.reason)
+        if shown != last:
+            # Plain lines, flushed: a CI log shows them as they happen, unwrapped.
+            print(f"{time.strftime('%H:%M:%S')} {_status_line(status)}", flush=True)
+            last = shown
+        code = _GATE_EXIT.get(status.phase)
+        if code is not None:
+            return code
+        left = deadline - time.monotonic()
+        if left <= 0:
+            err.print(f"rolloutctl: {name} still {status.phase} after {timeout_s:g}s",
+                      markup=False)  # fmt: skip
+            return EXIT_TIMEOUT
+        await asyncio.sleep(min(poll_s, left))
+
+
 async def cmd_status(store: RolloutStore, args: argparse.Namespace) -> int:
+    if args.timeout is not None:
+        return await wait_for_outcome(store, args.name, args.timeout)
     if args.json:
         docs = await _describe_all(store, args.name)
         print(json.dumps(docs[0] if args.name else docs, indent=2))
@@ -215,6 +269,7 @@ VERBS: dict[str, Callable[[RolloutStore, argparse.Namespace], Awaitable[int]]] =
         lambda s, a: ops.advance(s, a.name, a.to, a.full, a.force, identity=_identity())
     ),
     "rollback": _verb(lambda s, a: ops.rollback(s, a.name, a.reason, _identity())),
+    "abort": _verb(lambda s, a: ops.abort(s, a.name, a.reason, _identity())),
     "pause": _verb(lambda s, a: ops.pause(s, a.name, _identity())),
     "resume": _verb(lambda s, a: ops.resume(s, a.name, _identity())),
 }
@@ -280,6 +335,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--watch", action="store_true", help="refresh live until Ctrl-C")
     s.add_argument("--lanes", action="store_true", help="per-lane traffic and Hit@5 vs stable")
+    s.add_argument(
+        "--timeout",
+        type=_duration,
+        metavar="D",
+        help="wait (printing progress) up to D (30s, 5m, 1h): exit 0 once Promoted, "
+        f"{EXIT_ROLLED_BACK} RolledBack, {EXIT_ABORTED} Aborted, {EXIT_PAUSED} Paused, "
+        f"{EXIT_TIMEOUT} timed out",
+    )
     sub.add_parser("start", help="start, or retry a RolledBack rollout").add_argument("name")
     a = sub.add_parser("advance", help="move to the next step now")
     a.add_argument("name")
@@ -290,6 +353,9 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("rollback", help="send every user back to stable")
     r.add_argument("name")
     r.add_argument("--reason", default=None)
+    ab = sub.add_parser("abort", help="abandon the rollout: every user back to stable")
+    ab.add_argument("name")
+    ab.add_argument("--reason", default=None)
     sub.add_parser("pause", help="hold the current weight").add_argument("name")
     sub.add_parser("resume", help="continue a paused rollout").add_argument("name")
     h = sub.add_parser("history", help="every transition, oldest first")
@@ -326,8 +392,18 @@ async def _run(args: argparse.Namespace) -> int:
             await client.aclose()
 
 
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.verb == "status" and args.timeout is not None and not args.name:
+        p.error("status --timeout needs a rollout NAME")
     if args.verb == "controller":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.redis_url = None

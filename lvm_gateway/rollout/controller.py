@@ -1,8 +1,9 @@
 """The rollout controller: the lease holder reconciles every rollout each interval_seconds.
 
 One pass for one rollout: read its effective spec (YAML + thresholds in Redis) and status,
-follow a changed (stable, canary) pair, merge every replica's windows since the step began,
-run the pure `reconcile`, and write the result with one fenced compare-and-set. Runs inside
+follow a changed (stable, canary) pair (and start it when the spec says `auto_start`), fold the
+settled windows into the rollout's step and run sums (rollout/aggregates.py), run the pure
+`reconcile` on them, and write the result with one fenced compare-and-set. Runs inside
 `lvm-gateway serve` by default, as `rolloutctl controller`, or once (`--once`) from cron.
 """
 
@@ -14,47 +15,18 @@ import logging
 import time
 from collections.abc import Callable
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from lvm_gateway.contract.rollout import Actor, Phase, RolloutStatus
 from lvm_gateway.errors import ConflictError, NotLeaderError, RolloutError
 from lvm_gateway.redisconn import open_client
+from lvm_gateway.rollout.aggregates import fold, observe
 from lvm_gateway.rollout.lease import Lease
-from lvm_gateway.rollout.observations import Observations, VariantWindow
 from lvm_gateway.rollout.reconcile import Action, reconcile
 from lvm_gateway.rollout.store import Registered, RolloutStore
-from lvm_gateway.rollout.transitions import align
-from lvm_gateway.rollout.windows import read_windows
+from lvm_gateway.rollout.transitions import ACTIVE, align, auto_start
 
 log = logging.getLogger(__name__)
-
-# The analysis reads at most this far back, however long the step has run: the windows'
-# TTL and the read cost stay bounded for production steps of hours or days.
-MAX_LOOKBACK_SECONDS = 600
-
-
-async def observe(
-    client: aioredis.Redis, prefix: str, status: RolloutStatus, now: float
-) -> Observations:
-    """Every replica's counts for the canary and the stable variant since the step began, and
-    since the rollout began (for the quality metrics)."""
-    horizon = now - MAX_LOOKBACK_SECONDS
-    step_started = status.step_started_at if status.step_started_at is not None else now
-    since = max(step_started, horizon)
-    rollout_since = max(status.started_at if status.started_at is not None else since, horizon)
-    names = [n for n in (status.canary, status.stable) if n is not None]
-    step = await read_windows(client, prefix, names, since, now)
-    whole = await read_windows(client, prefix, names, rollout_since, now)
-    empty = VariantWindow()
-    return Observations(
-        canary=step.get(status.canary or "", empty),
-        stable=step.get(status.stable or "", empty),
-        since=since,
-        until=now,
-        canary_rollout=whole.get(status.canary or "", empty),
-        stable_rollout=whole.get(status.stable or "", empty),
-    )
 
 
 async def reconcile_rollout(
@@ -68,6 +40,16 @@ async def reconcile_rollout(
         status = await store.transition(
             status, aligned, Actor.CONTROLLER, "align", identity, lease=lease
         )
+    started = auto_start(status, reg.spec, now)
+    if started is not None:  # judged from the next pass on, with the thresholds just seeded
+        declared = await store.registered(name)
+        status = await store.transition(
+            status, started, Actor.CONTROLLER, "start", identity, lease=lease,
+            seed_thresholds=declared.spec,
+        )  # fmt: skip
+        return status, None, reg
+    if status.phase in ACTIVE:  # paused too: the buckets expire whether or not we judge them
+        await fold(store.client, store.prefix, status, now)
     if status.phase != Phase.PROGRESSING:
         return status, None, reg
     observations = await observe(store.client, store.prefix, status, now)

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from lvm_gateway.contract.rollout import Actor, Phase, RolloutStatus
-from lvm_gateway.contract.windows import ERRORS, FEEDBACK, REQUESTS
+from lvm_gateway.contract.windows import DIVERTED, ERRORS, FEEDBACK, REQUESTS
 from lvm_gateway.errors import ConflictError
 from lvm_gateway.rollout import transitions
+from lvm_gateway.rollout.aggregates import observe
 from lvm_gateway.rollout.analysis import HIT5, Analysis, analyse
-from lvm_gateway.rollout.controller import observe
 from lvm_gateway.rollout.observations import Observations
 from lvm_gateway.rollout.reconcile import reconcile
 from lvm_gateway.rollout.store import RolloutStore
@@ -89,13 +89,22 @@ async def rollback(
     )
 
 
+async def abort(
+    store: RolloutStore, name: str, reason: str | None = None, identity: str = ""
+) -> RolloutStatus:
+    return await _stop_moving(
+        store, name, "abort", lambda s, now: transitions.abort(s, now, reason), identity
+    )
+
+
 async def pause(store: RolloutStore, name: str, identity: str = "") -> RolloutStatus:
     return await _stop_moving(store, name, "pause", transitions.pause, identity)
 
 
 async def resume(store: RolloutStore, name: str, identity: str = "") -> RolloutStatus:
+    reg = await store.effective(name)
     status = await store.get(name)
-    new = transitions.resume(status, time.time())
+    new = transitions.resume(status, reg.spec, time.time())
     return await store.transition(status, new, Actor.OPERATOR, "resume", identity)
 
 
@@ -104,6 +113,7 @@ _WAITING = {
     Phase.PAUSED: "paused: waiting for `rolloutctl resume` (or advance/rollback)",
     Phase.PROMOTED: "promoted: edit the policy to name the canary stable",
     Phase.ROLLED_BACK: "rolled back: `rolloutctl start` retries from the first step",
+    Phase.ABORTED: "aborted: `rolloutctl start` retries from the first step",
 }
 
 
@@ -140,6 +150,7 @@ async def describe(store: RolloutStore, name: str) -> dict[str, Any]:
     status = await store.get(name)
     doc = status.to_dict()
     doc["steps"] = list(reg.spec.model_dump(mode="json")["steps"])
+    doc["removed"] = name in await store.removed()
     doc["time_in_step"] = (
         now - status.step_started_at
         if status.step_started_at is not None and status.phase in transitions.ACTIVE
@@ -148,10 +159,13 @@ async def describe(store: RolloutStore, name: str) -> dict[str, Any]:
     doc["thresholds"] = reg.spec.tunables()
     doc["metrics"] = []
     doc["lanes"] = []
+    doc["diverted"] = 0
     doc["next"] = _WAITING.get(status.phase, "")
     if status.phase in transitions.ACTIVE:
         observations = await observe(store.client, store.prefix, status, now)
         doc["lanes"] = lane_rows(observations)
+        # Requests the canary should have served while its circuit was open (errors to it).
+        doc["diverted"] = observations.canary.get(DIVERTED)
         probe = status.evolve(phase=Phase.PROGRESSING)
         _, action = reconcile(probe, observations, reg.spec, now)
         if action.analysis is not None:

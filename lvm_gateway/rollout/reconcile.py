@@ -82,12 +82,12 @@ def reconcile(
             paused = base.evolve(phase=Phase.PAUSED, updated_at=now, reason=reason)
             return paused, act(ActionKind.PAUSE, reason)
         return base, act(ActionKind.HOLD, f"holding: {what}")
-    if elapsed < spec.step_min_seconds:
-        wait = spec.step_min_seconds - elapsed
+    if elapsed < spec.min_seconds(status.step):  # a timed pause step's duration, at least
+        wait = spec.min_seconds(status.step) - elapsed
         return base, act(ActionKind.HOLD, f"criteria met; next step in {wait:.0f}s")
     if status.step >= len(spec.steps) - 1:
         reason = "all steps passed: promoted"
         return promote(base, spec, now, reason), act(ActionKind.PROMOTE, reason)
     target = status.step + 1
-    reason = f"criteria met for {elapsed:.0f}s: advance to {spec.step_weight(target):g}%"
+    reason = f"criteria met for {elapsed:.0f}s: advance to {spec.describe_step(target)}"
     return enter_step(base, spec, target, now, reason), act(ActionKind.ADVANCE, reason)

@@ -25,6 +25,7 @@ from pathlib import Path
 from redis.exceptions import RedisError
 
 from lvm_gateway.config.load import Config
+from lvm_gateway.errors import RolloutError
 from lvm_gateway.redisconn import open_client
 from lvm_gateway.rollout.agent.recorder import WindowRecorder
 from lvm_gateway.rollout.agent.snapshot import Pair, RolloutSnapshot
@@ -125,6 +126,9 @@ class RolloutDataPlane:
                 log.debug("registering rollouts waits for Redis: %s", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+            except RolloutError as exc:  # a retired rollout could not be aborted: say so
+                log.warning("registering rollouts: %s", exc)
+                return
 
     async def _flush_loop(self) -> None:
         while True:
