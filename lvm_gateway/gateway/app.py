@@ -38,7 +38,12 @@ from lvm_gateway.gateway.dispatch import Call, Dispatcher, RecorderLike
 from lvm_gateway.gateway.feedback import FeedbackIntake
 from lvm_gateway.gateway.headers import upstream_request_headers
 from lvm_gateway.gateway.ids import FeedbackTokens, client_id, new_gateway_id
-from lvm_gateway.gateway.metrics import MetricsRecorder, RecordsCollector, RolloutCollector
+from lvm_gateway.gateway.metrics import (
+    EndpointsCollector,
+    MetricsRecorder,
+    RecordsCollector,
+    RolloutCollector,
+)
 from lvm_gateway.gateway.mirror import Mirror
 from lvm_gateway.gateway.records import PredictionRecords
 from lvm_gateway.gateway.reload import ConfigWatcher
@@ -108,6 +113,8 @@ class GatewayApp:
         )
         self.records_collector = RecordsCollector(lambda: self.records.dropped)
         self.registry.register(self.records_collector)
+        self.endpoints_collector = EndpointsCollector(self.pool.endpoint_states)
+        self.registry.register(self.endpoints_collector)
         self.bodies = BodyBudget(
             config.spec.limits.buffered_body_bytes, config.spec.limits.body_timeout_seconds
         )
@@ -463,6 +470,7 @@ class GatewayApp:
         MultiProcessCollector(merged)
         merged.register(self.rollout_collector)
         merged.register(self.records_collector)
+        merged.register(self.endpoints_collector)
         return merged
 
     async def _readyz(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:

@@ -64,6 +64,30 @@ class RecordsCollector(Collector):
         )
 
 
+class EndpointsCollector(Collector):
+    """Read at scrape time: each upstream endpoint's outlier-detection state in this process."""
+
+    def __init__(self, endpoints: Callable[[], Iterator[tuple[str, str, bool, int]]]) -> None:
+        self.endpoints = endpoints  # (variant, url, admitted, ejections so far)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily(
+            "lvmgw_upstream_endpoint_up",
+            "1 while an endpoint is admitted, 0 while outlier detection has ejected it.",
+            labels=["variant", "endpoint"],
+        )
+        ejections = GaugeMetricFamily(
+            "lvmgw_upstream_endpoint_ejections",
+            "An endpoint's ejection count (its back-off exponent; a clean window lowers it).",
+            labels=["variant", "endpoint"],
+        )
+        for variant, url, admitted, count in self.endpoints():
+            up.add_metric([variant, url], 1.0 if admitted else 0.0)
+            ejections.add_metric([variant, url], float(count))
+        yield up
+        yield ejections
+
+
 class MetricsRecorder:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry

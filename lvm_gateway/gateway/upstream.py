@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,6 +257,13 @@ class UpstreamPool:
         # Replaced clients may still carry in-flight requests: close them later, not now.
         self._retired.extend(c for n, c in old.items() if new.get(n) is not c)
         self.clients = new
+
+    def endpoint_states(self) -> Iterator[tuple[str, str, bool, int]]:
+        """(variant, url, admitted, ejections) of every endpoint, for /metrics."""
+        now = asyncio.get_running_loop().time()
+        for name, client in self.clients.items():
+            for ep in client.endpoints:
+                yield name, ep.url, ep.available(now), ep.ejections
 
     async def close_retired(self, grace_s: float) -> None:
         retired, self._retired = self._retired, []

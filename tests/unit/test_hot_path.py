@@ -244,6 +244,7 @@ async def test_fixed_endpoints_answer_only_their_methods(app) -> None:
     assert r.status == 404 and r.json()["routes"] == ["/infer"]
     metrics = (await asgi(gw, "GET", "/metrics")).body.decode()
     assert "lvmgw_prediction_records_dropped_total 0.0" in metrics
+    assert 'lvmgw_upstream_endpoint_up{endpoint="http://127.0.0.1:' in metrics
 
 
 async def test_a_malformed_feedback_is_a_400_before_any_redis_call(app) -> None:
