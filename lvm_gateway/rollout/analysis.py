@@ -1,28 +1,53 @@
-"""Judge a canary's observations against a rollout's thresholds, metric by metric. Pure.
+"""Judge a canary's observations: SLO guards on its own values, and the canary-vs-baseline judge.
 
-A metric is a named function of the observations plus the count of samples that back it and the
-spec field that says how many samples it needs (`min_requests` for traffic metrics,
+Guards. A metric is a named function of the observations plus the count of samples that back it
+and the spec field that says how many samples it needs (`min_requests` for traffic metrics,
 `min_feedback` for the ones computed from user feedback). Thresholds name metrics
 (`<metric>_max`/`<metric>_min`), so a new signal is one `register_metric` call and one
-Thresholds field.
-
-Verdicts, per metric:
+Thresholds field. Verdicts, per metric:
     pass          within the success bound
     fail          outside the success bound, inside the rollback bound: hold
     breach        outside the rollback bound: counts toward failure_limit
     insufficient  fewer samples than needed, unless a breach is already certain (the value
                   still breaches when every missing sample is the best possible one)
+
+Judge (docs/judge.md). For each metric family the thresholds bound, an anytime-valid test
+(rollout.stats) of "the canary is worse than its baseline by more than the margin", on the
+step's counts for traffic signals and the rollout's for feedback and lanes. Each test stands:
+    harm          the confidence sequence lies above the margin: roll back
+    clear         non-inferiority shown, or the exposure budget met (the samples it needs) with
+                  the estimate within the margin
+    suspect       budget met, harm not shown, but the estimate is beyond the margin: hold
+    insufficient  fewer samples than needed on either side: hold
+    waived        a lane the spec waives: never holds (its harm still counts)
+
+A dead canary: requests it should have served and did not (`DIVERTED`: circuit open, fallback,
+capacity overflow) count as requests and errors; an open circuit (`CIRCUIT_OPEN`) rolls back.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from lvm_gateway.rollout.observations import Observations, quantile_ms
+from lvm_gateway.lvm.world import N_LANES
+from lvm_gateway.rollout.observations import (
+    LATENCY_BOUNDS_MS,
+    LATENCY_FIELDS,
+    Observations,
+    VariantWindow,
+    lane_field,
+    quantile_ms,
+)
 from lvm_gateway.rollout.spec import Bound, RolloutSpec
+from lvm_gateway.rollout.stats import Evidence, TestVerdict, compare
+
+# Window counters the data plane keeps for a dead or overloaded canary.
+DIVERTED = "diverted"  # requests routed to the canary but answered by stable (or not at all)
+CIRCUIT_OPEN = "circuit_open"  # times the canary's circuit was found open
+
+LANES: tuple[str, ...] = tuple(f"lane_{i}" for i in range(N_LANES))
 
 
 class Verdict(StrEnum):
@@ -41,6 +66,7 @@ class Metric:
     samples: Callable[[Observations], int]
     guard: str = "min_requests"  # the RolloutSpec field giving the samples needed
     # where(observations): what the value is about, when not the whole variant (e.g. "lane_3")
+    # (only asked when the value is beyond 0: where a shortfall is, not where none is)
     where: Callable[[Observations], str | None] | None = None
 
 
@@ -52,9 +78,18 @@ def register_metric(metric: Metric) -> Metric:
     return metric
 
 
+def requests(window: VariantWindow) -> int:
+    """Requests the variant served or should have served (diverted ones included)."""
+    return window.requests + window.get(DIVERTED)
+
+
+def failures(window: VariantWindow) -> int:
+    return window.errors + window.get(DIVERTED)
+
+
 def _error_rate(obs: Observations, pad: int) -> float | None:
-    n = obs.canary.requests + pad
-    return obs.canary.errors / n if n else None
+    n = requests(obs.canary) + pad
+    return failures(obs.canary) / n if n else None
 
 
 def _p95_ms(obs: Observations, pad: int) -> float | None:
@@ -62,7 +97,7 @@ def _p95_ms(obs: Observations, pad: int) -> float | None:
 
 
 def _canary_requests(obs: Observations) -> int:
-    return obs.canary.requests
+    return requests(obs.canary)
 
 
 def _canary_feedback(obs: Observations) -> int:
@@ -85,29 +120,39 @@ def _hit5(obs: Observations, pad: int) -> float | None:
     return (canary.get("hit5") + pad) / total if total else None
 
 
-# A lane is compared only once both variants have this much feedback on it.
+# The lane_delta guard's own noise allowance: an anytime-valid interval per lane at 5% shared
+# by the 16 lanes (Bonferroni), so no lane "breaches" on sampling noise however long it runs.
+LANE_GUARD_ALPHA = 0.05 / N_LANES
+LANE_GUARD_TAU = 0.10
+# A lane is compared by the lane_delta guard only once both variants have this much feedback.
 LANE_MIN_FEEDBACK = 20
-# One-sided 95%: a lane's shortfall counts only beyond what sampling noise explains. With 16
-# lanes judged every interval on a few dozen feedbacks each, raw per-lane rates differ by 20%
-# by chance alone (seen in the demo: a healthy lane "breached" before the degraded one had data).
-LANE_Z = 1.645
+
+
+_LANE_KEYS = {lane: (lane_field("hit5", lane), lane_field("feedback", lane)) for lane in LANES}
+
+
+def lane_hit5(obs: Observations, lane: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(hits, feedback) of the canary and of stable on one lane, over the whole rollout."""
+    hits, feedback = _LANE_KEYS[lane]
+    canary, stable = obs.canary_quality.counts, obs.stable_quality.counts
+    return (
+        (int(canary.get(hits, 0)), int(canary.get(feedback, 0))),
+        (int(stable.get(hits, 0)), int(stable.get(feedback, 0))),
+    )
 
 
 def _lane_deltas(obs: Observations) -> dict[str, float]:
-    """Each compared lane's relative Hit@5 shortfall of the canary against stable, net of noise:
-    (p_stable - p_canary - z * standard error of the difference) / p_stable, at least 0."""
+    """Each lane's relative Hit@5 shortfall of the canary against stable, net of noise: the
+    anytime-valid lower bound of (p_stable - p_canary), over p_stable, at least 0. Lanes with
+    too little feedback on either side to trust the interval are left out."""
     out = {}
-    canary, stable = obs.canary_quality, obs.stable_quality
-    for lane in sorted(canary.lanes() & stable.lanes()):
-        fb_c, fb_s = canary.get("feedback", lane), stable.get("feedback", lane)
-        if min(fb_c, fb_s) < LANE_MIN_FEEDBACK:
+    for lane in LANES:
+        canary, stable = lane_hit5(obs, lane)
+        if min(canary[1], stable[1]) < LANE_MIN_FEEDBACK or stable[0] <= 0:
             continue
-        base = stable.get("hit5", lane) / fb_s
-        if base <= 0:
-            continue
-        rate = canary.get("hit5", lane) / fb_c
-        se = math.sqrt(base * (1 - base) / fb_s + rate * (1 - rate) / fb_c)
-        out[lane] = max(0.0, (base - rate - LANE_Z * se) / base)
+        ev = compare(lane, canary, stable, 0.0, LANE_GUARD_ALPHA, LANE_GUARD_TAU, False)
+        if ev.lower is not None and ev.baseline:
+            out[lane] = max(0.0, ev.lower / ev.baseline)
     return out
 
 
@@ -120,7 +165,8 @@ def _lane_delta(obs: Observations, pad: int) -> float | None:
 
 def _worst_lane(obs: Observations) -> str | None:
     deltas = _lane_deltas(obs)
-    return max(deltas, key=deltas.__getitem__) if deltas else None
+    worst = max(deltas, key=deltas.__getitem__) if deltas else None
+    return worst if worst is not None and deltas[worst] > 0 else None
 
 
 register_metric(Metric("error_rate", "", _error_rate, _canary_requests))
@@ -164,15 +210,175 @@ class MetricResult:
         return f"{self.metric} {shown} ok"
 
 
+class Standing(StrEnum):
+    HARM = "harm"
+    CLEAR = "clear"
+    SUSPECT = "suspect"
+    INSUFFICIENT = "insufficient"
+    WAIVED = "waived"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One judge test: its evidence and what it means for the step."""
+
+    evidence: Evidence
+    needed: int  # samples per side before the test may clear on its budget
+    standing: Standing
+
+    def describe(self) -> str:
+        ev = self.evidence
+        if self.standing == Standing.INSUFFICIENT:
+            have = min(ev.samples, ev.baseline_samples)
+            return f"{ev.test}: {have}/{self.needed} samples"
+        return f"{ev.test} {self.standing}: {ev.describe()}"
+
+
+# The judge's tests: (test, the threshold metric whose bound switches it on, scope).
+# Traffic tests compare the step's counts, feedback tests the whole rollout's.
+_TRAFFIC_TESTS = (
+    ("error_rate", "error_rate"),
+    ("invalid_rate", "invalid_rate"),
+    ("empty_rate", "empty_rate"),
+    ("slow_rate", "p95_ms"),
+)
+_FEEDBACK_TESTS = (("hit1", "hit5"), ("hit5", "hit5"), ("hit10", "hit5"))
+
+
+def slow_bucket(slo_ms: float) -> int:
+    """The first latency bucket wholly above the SLO: requests from it on are slow. The SLO is
+    rounded up to a bucket edge, so a request is never called slow on a guess."""
+    for i, bound in enumerate(LATENCY_BOUNDS_MS):
+        if bound >= slo_ms:
+            return i + 1
+    return len(LATENCY_BOUNDS_MS)
+
+
+def _traffic_counts(test: str, window: VariantWindow, slow_from: int) -> tuple[int, int]:
+    if test == "error_rate":
+        return failures(window), requests(window)
+    if test == "slow_rate":
+        hist = [window.get(f) for f in LATENCY_FIELDS]
+        return sum(hist[slow_from:]), sum(hist)
+    counter = test.removesuffix("_rate")
+    return window.get(counter), window.requests
+
+
+def _bounded(spec: RolloutSpec) -> set[str]:
+    return {m for t in (spec.success, spec.rollback) for m, _, _ in t.bounds()}
+
+
+def _slo_ms(spec: RolloutSpec) -> float | None:
+    if spec.judge.latency_slo_ms is not None:
+        return spec.judge.latency_slo_ms
+    return (
+        spec.success.p95_ms_max
+        if spec.success.p95_ms_max is not None
+        else (spec.rollback.p95_ms_max)
+    )
+
+
+def planned_tests(spec: RolloutSpec) -> tuple[list[str], list[str], bool]:
+    """The judge's traffic tests, feedback tests and whether lanes are judged, for this spec."""
+    bounded, margins = _bounded(spec), spec.judge.margins
+    traffic = [t for t, m in _TRAFFIC_TESTS if m in bounded and getattr(margins, t) is not None]
+    if "slow_rate" in traffic and _slo_ms(spec) is None:
+        traffic.remove("slow_rate")
+    feedback = [t for t, m in _FEEDBACK_TESTS if m in bounded and getattr(margins, t) is not None]
+    lanes = "lane_delta" in bounded and margins.lane_hit5 is not None
+    return traffic, feedback, lanes
+
+
+def alpha_per_test(spec: RolloutSpec, planned: tuple[list[str], list[str], bool]) -> float:
+    """Each test's share of the rollout's alpha (Bonferroni): traffic tests restart every step,
+    feedback and lane tests run once over the rollout."""
+    traffic, feedback, lanes = planned
+    count = len(traffic) * len(spec.steps) + len(feedback) + (len(LANES) if lanes else 0)
+    return spec.judge.alpha / max(count, 1)
+
+
+def _stand(ev: Evidence, needed: int, waived: bool) -> Standing:
+    if ev.verdict == TestVerdict.HARM:
+        return Standing.HARM
+    if waived:
+        return Standing.WAIVED
+    if ev.verdict == TestVerdict.NON_INFERIOR:
+        return Standing.CLEAR
+    if min(ev.samples, ev.baseline_samples) < needed or ev.difference is None:
+        return Standing.INSUFFICIENT
+    return Standing.CLEAR if ev.difference <= ev.margin else Standing.SUSPECT
+
+
+def judge(obs: Observations, spec: RolloutSpec) -> tuple[Judgement, ...]:
+    """Every judge test the spec asks for, on these observations."""
+    planned = planned_tests(spec)
+    traffic, feedback, lanes = planned
+    js, alpha = spec.judge, alpha_per_test(spec, planned)
+    margins = js.margins
+    out = []
+    # At 100% stable serves no one in the step: judge against what it did during the rollout.
+    base = obs.stable if requests(obs.stable) else obs.stable_quality
+    slo = _slo_ms(spec)
+    slow_from = slow_bucket(slo) if slo is not None else 0
+    for test in traffic:
+        margin = float(getattr(margins, test))
+        ev = compare(
+            test,
+            _traffic_counts(test, obs.canary, slow_from),
+            _traffic_counts(test, base, slow_from),
+            margin, alpha, _tau(margin, js.mixing),
+        )  # fmt: skip
+        out.append(Judgement(ev, spec.min_requests, _stand(ev, spec.min_requests, False)))
+    canary, stable = obs.canary_quality, obs.stable_quality
+    for test in feedback:
+        margin = float(getattr(margins, test))
+        ev = compare(
+            test,
+            (canary.get(test), canary.get("feedback")),
+            (stable.get(test), stable.get("feedback")),
+            margin, alpha, _tau(margin, js.mixing), higher_is_worse=False,
+        )  # fmt: skip
+        out.append(Judgement(ev, spec.min_feedback, _stand(ev, spec.min_feedback, False)))
+    if lanes:
+        margin = float(margins.lane_hit5)  # type: ignore[arg-type]
+        for lane in LANES:
+            c, s = lane_hit5(obs, lane)
+            ev = compare(
+                f"lane_hit5@{lane}", c, s, margin, alpha, _tau(margin, js.mixing),
+                higher_is_worse=False,
+            )  # fmt: skip
+            needed = js.lane_min_feedback
+            out.append(Judgement(ev, needed, _stand(ev, needed, lane in js.waive_lanes)))
+    return tuple(out)
+
+
+def _tau(margin: float, mixing: float) -> float:
+    # A zero margin ("any worsening") still needs a mixing scale: one percentage point.
+    return mixing * (margin if margin > 0 else 0.01)
+
+
 @dataclass(frozen=True)
 class Analysis:
     results: tuple[MetricResult, ...]
     requests: int
     min_requests: int
+    judgements: tuple[Judgement, ...] = ()
+    circuit_open: int = 0  # times the canary's circuit was found open in the step
 
     @property
     def breached(self) -> tuple[MetricResult, ...]:
         return tuple(r for r in self.results if r.verdict == Verdict.BREACH)
+
+    @property
+    def harmed(self) -> tuple[Judgement, ...]:
+        return tuple(j for j in self.judgements if j.standing == Standing.HARM)
+
+    @property
+    def holding(self) -> tuple[Judgement, ...]:
+        """Judge tests that keep the step from advancing: suspect or short of samples."""
+        return tuple(
+            j for j in self.judgements if j.standing in (Standing.SUSPECT, Standing.INSUFFICIENT)
+        )
 
     @property
     def insufficient(self) -> bool:
@@ -182,10 +388,23 @@ class Analysis:
 
     @property
     def passed(self) -> bool:
-        return not self.insufficient and all(r.verdict == Verdict.PASS for r in self.results)
+        """Every guard passes and every judge test is clear (or waived)."""
+        return (
+            not self.insufficient
+            and all(r.verdict == Verdict.PASS for r in self.results)
+            and not self.harmed
+            and not self.holding
+        )
 
     def values(self) -> dict[str, float | None]:
         return {r.metric: r.value for r in self.results}
+
+    def evidence(self) -> list[dict[str, object]]:
+        """Per judge test: estimate, interval, statistic, threshold, verdict and standing."""
+        return [
+            {**j.evidence.as_dict(), "needed": j.needed, "standing": str(j.standing)}
+            for j in self.judgements
+        ]
 
 
 def analyse(obs: Observations, spec: RolloutSpec) -> Analysis:
@@ -212,6 +431,12 @@ def analyse(obs: Observations, spec: RolloutSpec) -> Analysis:
             verdict = Verdict.FAIL
         else:
             verdict = Verdict.PASS
-        where = metric.where(obs) if metric.where is not None and value is not None else None
+        where = metric.where(obs) if metric.where is not None and value else None
         results.append(MetricResult(name, kind, value, samples, needed, ok, bad, verdict, where))
-    return Analysis(tuple(results), obs.canary.requests, spec.min_requests)
+    return Analysis(
+        tuple(results),
+        requests(obs.canary),
+        spec.min_requests,
+        judge(obs, spec),
+        obs.canary.get(CIRCUIT_OPEN),
+    )

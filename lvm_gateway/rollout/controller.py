@@ -70,8 +70,7 @@ async def reconcile_rollout(
     if status.phase != Phase.PROGRESSING:
         return status, None, reg
     observations = await observe(store.client, store.prefix, status, now)
-    new, actions = reconcile(status, observations, reg.spec, now)
-    action = actions[0]
+    new, action = reconcile(status, observations, reg.spec, now)
     if not new.same_state(status):
         new = await store.transition(
             status, new, Actor.CONTROLLER, str(action.kind), identity, action.metrics, lease

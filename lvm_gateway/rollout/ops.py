@@ -93,8 +93,9 @@ async def pause(store: RolloutStore, name: str, identity: str = "") -> RolloutSt
 
 
 async def resume(store: RolloutStore, name: str, identity: str = "") -> RolloutStatus:
+    reg = await store.effective(name)
     status = await store.get(name)
-    new = transitions.resume(status, time.time())
+    new = transitions.resume(status, time.time(), reg.spec)
     return await store.transition(status, new, Actor.OPERATOR, "resume", identity)
 
 
@@ -152,8 +153,7 @@ async def describe(store: RolloutStore, name: str) -> dict[str, Any]:
         observations = await observe(store.client, store.prefix, status, now)
         doc["lanes"] = lane_rows(observations)
         probe = status.evolve(phase=Phase.PROGRESSING)
-        _, actions = reconcile(probe, observations, reg.spec, now)
-        action = actions[0]
+        _, action = reconcile(probe, observations, reg.spec, now)
         if action.analysis is not None:
             doc["requests"] = action.analysis.requests
             doc["metrics"] = [

@@ -41,6 +41,43 @@ class Thresholds(StrictModel):
                 yield metric, kind, float(limit)  # type: ignore[misc]
 
 
+class Margins(StrictModel):
+    """How much worse than the baseline the canary may be, per judge test, as a difference of
+    rates (0.005 = half a percentage point). None switches that test off."""
+
+    error_rate: float | None = Field(default=None, ge=0, le=1)  # errors + diverted requests
+    invalid_rate: float | None = Field(default=None, ge=0, le=1)
+    empty_rate: float | None = Field(default=None, ge=0, le=1)
+    slow_rate: float | None = Field(default=None, ge=0, le=1)  # share over the latency SLO
+    hit1: float | None = Field(default=None, ge=0, le=1)
+    hit5: float | None = Field(default=None, ge=0, le=1)
+    hit10: float | None = Field(default=None, ge=0, le=1)
+    lane_hit5: float | None = Field(default=None, ge=0, le=1)  # each lane's Hit@5
+
+
+class JudgeSpec(StrictModel):
+    """The canary-vs-baseline judge (docs/judge.md). A test runs for each metric family the
+    thresholds bound: error_rate, invalid_rate, empty_rate; slow_rate for p95_ms; hit1/5/10 for
+    hit5; lane_hit5 for lane_delta."""
+
+    alpha: float = Field(default=0.05, gt=0, lt=1)  # false-alarm budget for the whole rollout
+    # A `margins:` mapping in the YAML replaces these as a whole, like success/rollback.
+    margins: Margins = Margins(
+        error_rate=0.005,
+        invalid_rate=0.005,
+        empty_rate=0.03,
+        slow_rate=0.05,
+        hit1=0.05,
+        hit5=0.05,
+        hit10=0.05,
+        lane_hit5=0.15,
+    )
+    mixing: float = Field(default=1.0, gt=0)  # mixing sd tau = mixing x margin (0-margin: 0.01)
+    latency_slo_ms: float | None = Field(default=None, gt=0)  # default: success.p95_ms_max
+    lane_min_feedback: int = Field(default=50, ge=0)  # per lane and side, before a lane clears
+    waive_lanes: tuple[str, ...] = ()  # lanes that need not clear (their harm still counts)
+
+
 # What `rolloutctl thresholds` may change at run time; the route and steps come from the YAML.
 TUNABLE_KEYS = (
     "step_min_seconds",
@@ -79,6 +116,8 @@ class RolloutSpec(StrictModel):
         lane_delta_max=0.20,
         invalid_rate_max=0.01,
     )
+
+    judge: JudgeSpec = JudgeSpec()
 
     @field_validator("steps")
     @classmethod

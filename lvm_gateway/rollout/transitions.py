@@ -44,6 +44,20 @@ def promote(status: RolloutStatus, spec: RolloutSpec, now: float, reason: str) -
     )
 
 
+def hold_back(status: RolloutStatus, spec: RolloutSpec, now: float, reason: str) -> RolloutStatus:
+    """Paused at the previous step's weight (0 before the first): a canary the judge could not
+    clear does not keep the users of the step it failed to earn. `resume` gives them back."""
+    previous = status.step - 1
+    shadow = previous >= 0 and spec.steps[previous] == "shadow"
+    return status.evolve(
+        phase=Phase.PAUSED,
+        weight=spec.step_weight(previous) if previous >= 0 else 0.0,
+        mirror=spec.shadow_percent if shadow else 0.0,
+        updated_at=now,
+        reason=reason,
+    )
+
+
 def roll_back(status: RolloutStatus, now: float, reason: str) -> RolloutStatus:
     return status.evolve(
         phase=Phase.ROLLED_BACK, weight=0.0, mirror=0.0, updated_at=now, failures=0, reason=reason
@@ -93,6 +107,11 @@ def advance(
             f"refusing to advance {status.name}: rollback threshold breached ({what}); "
             "use --force to override"
         )
+    if not force and analysis is not None and analysis.harmed:
+        what = "; ".join(j.evidence.describe() for j in analysis.harmed)
+        raise InvalidTransitionError(
+            f"refusing to advance {status.name}: evidence of harm ({what}); use --force to override"
+        )
     last = len(spec.steps) - 1
     if full or (to is None and status.step >= last):
         return promote(status, spec, now, "advanced to 100% by operator")
@@ -124,9 +143,15 @@ def pause(status: RolloutStatus, now: float, reason: str = "paused by operator")
     return status.evolve(phase=Phase.PAUSED, updated_at=now, reason=reason)
 
 
-def resume(status: RolloutStatus, now: float) -> RolloutStatus:
+def resume(status: RolloutStatus, now: float, spec: RolloutSpec | None = None) -> RolloutStatus:
     if status.phase != Phase.PAUSED:
         raise InvalidTransitionError(f"cannot resume {status.name}: it is {status.phase}")
+    # The step's own weight again (a controller pause held it back at the previous step's).
+    if spec is not None and 0 <= status.step < len(spec.steps):
+        shadow = spec.steps[status.step] == "shadow"
+        status = status.evolve(
+            weight=spec.step_weight(status.step), mirror=spec.shadow_percent if shadow else 0.0
+        )
     # A fresh step clock: the analysis judges traffic from now on, not the paused stretch.
     return status.evolve(
         phase=Phase.PROGRESSING,
