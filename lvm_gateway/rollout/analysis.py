@@ -41,7 +41,7 @@ from lvm_gateway.rollout.observations import (
     quantile_ms,
 )
 from lvm_gateway.rollout.spec import Bound, RolloutSpec
-from lvm_gateway.rollout.stats import Evidence, TestVerdict, compare
+from lvm_gateway.rollout.stats import Evidence, TestVerdict, compare, rate_interval
 
 # Window counters the data plane keeps for a dead or overloaded canary.
 DIVERTED = "diverted"  # requests routed to the canary but answered by stable (or not at all)
@@ -68,6 +68,10 @@ class Metric:
     # where(observations): what the value is about, when not the whole variant (e.g. "lane_3")
     # (only asked when the value is beyond 0: where a shortfall is, not where none is)
     where: Callable[[Observations], str | None] | None = None
+    # rate(observations, limit) -> (count, out of, level): the proportion whose anytime-valid
+    # interval must lie beyond `level` before a value past the rollback limit is a breach
+    # (noise is not evidence). None: the value is already net of noise.
+    rate: Callable[[Observations, float], tuple[int, int, float]] | None = None
 
 
 METRICS: dict[str, Metric] = {}
@@ -124,6 +128,8 @@ def _hit5(obs: Observations, pad: int) -> float | None:
 # by the 16 lanes (Bonferroni), so no lane "breaches" on sampling noise however long it runs.
 LANE_GUARD_ALPHA = 0.05 / N_LANES
 LANE_GUARD_TAU = 0.10
+# The SLO guards' mixing scale: most sensitive to rates a few points past their limit.
+GUARD_TAU = 0.05
 # A lane is compared by the lane_delta guard only once both variants have this much feedback.
 LANE_MIN_FEEDBACK = 20
 
@@ -169,11 +175,40 @@ def _worst_lane(obs: Observations) -> str | None:
     return worst if worst is not None and deltas[worst] > 0 else None
 
 
-register_metric(Metric("error_rate", "", _error_rate, _canary_requests))
-register_metric(Metric("p95_ms", "ms", _p95_ms, _canary_requests))
-register_metric(Metric("empty_rate", "", _share("empty", "n"), _canary_requests))
-register_metric(Metric("invalid_rate", "", _share("invalid", "n"), _canary_requests))
-register_metric(Metric("hit5", "", _hit5, _canary_feedback, guard="min_feedback"))
+def _rate_of(counter: str, of: str) -> Callable[[Observations, float], tuple[int, int, float]]:
+    def rate(obs: Observations, limit: float) -> tuple[int, int, float]:
+        return obs.canary.get(counter), obs.canary.get(of), limit
+
+    return rate
+
+
+def _error_counts(obs: Observations, limit: float) -> tuple[int, int, float]:
+    return failures(obs.canary), requests(obs.canary), limit
+
+
+def _over_p95(obs: Observations, limit: float) -> tuple[int, int, float]:
+    """p95 > limit exactly when more than 5% of requests are slower than limit."""
+    hist = obs.canary.histogram()
+    return sum(hist[slow_bucket(limit) :]), sum(hist), 0.05
+
+
+def _hit5_counts(obs: Observations, limit: float) -> tuple[int, int, float]:
+    return obs.canary_quality.get("hit5"), obs.canary_quality.get("feedback"), limit
+
+
+register_metric(Metric("error_rate", "", _error_rate, _canary_requests, rate=_error_counts))
+register_metric(Metric("p95_ms", "ms", _p95_ms, _canary_requests, rate=_over_p95))
+register_metric(
+    Metric("empty_rate", "", _share("empty", "n"), _canary_requests, rate=_rate_of("empty", "n"))
+)
+register_metric(
+    Metric(
+        "invalid_rate", "", _share("invalid", "n"), _canary_requests, rate=_rate_of("invalid", "n")
+    )
+)
+register_metric(
+    Metric("hit5", "", _hit5, _canary_feedback, guard="min_feedback", rate=_hit5_counts)
+)
 register_metric(
     Metric("lane_delta", "", _lane_delta, _canary_feedback, guard="min_feedback", where=_worst_lane)
 )
@@ -181,6 +216,15 @@ register_metric(
 
 def violates(value: float, kind: Bound, limit: float) -> bool:
     return value > limit if kind == "max" else value < limit
+
+
+def evident(metric: Metric, obs: Observations, kind: Bound, limit: float, alpha: float) -> bool:
+    """Is the canary past `limit` beyond sampling noise, at any time the question is asked?"""
+    if metric.rate is None:
+        return True
+    count, total, level = metric.rate(obs, limit)
+    lower, upper = rate_interval(count, total, alpha, GUARD_TAU)
+    return lower > level if kind == "max" else upper < level
 
 
 @dataclass(frozen=True)
@@ -289,11 +333,14 @@ def planned_tests(spec: RolloutSpec) -> tuple[list[str], list[str], bool]:
     return traffic, feedback, lanes
 
 
-def alpha_per_test(spec: RolloutSpec, planned: tuple[list[str], list[str], bool]) -> float:
-    """Each test's share of the rollout's alpha (Bonferroni): traffic tests restart every step,
-    feedback and lane tests run once over the rollout."""
+def alpha_per_test(
+    spec: RolloutSpec, planned: tuple[list[str], list[str], bool], guards: int = 0
+) -> float:
+    """Each test's share of the rollout's alpha (Bonferroni): traffic tests and SLO guards
+    restart every step, feedback and lane tests run once over the rollout."""
     traffic, feedback, lanes = planned
-    count = len(traffic) * len(spec.steps) + len(feedback) + (len(LANES) if lanes else 0)
+    count = (len(traffic) + guards) * len(spec.steps) + len(feedback)
+    count += len(LANES) if lanes else 0
     return spec.judge.alpha / max(count, 1)
 
 
@@ -313,7 +360,8 @@ def judge(obs: Observations, spec: RolloutSpec) -> tuple[Judgement, ...]:
     """Every judge test the spec asks for, on these observations."""
     planned = planned_tests(spec)
     traffic, feedback, lanes = planned
-    js, alpha = spec.judge, alpha_per_test(spec, planned)
+    js = spec.judge
+    alpha = alpha_per_test(spec, planned, len(_guard_bounds(spec)))
     margins = js.margins
     out = []
     # At 100% stable serves no one in the step: judge against what it did during the rollout.
@@ -407,11 +455,18 @@ class Analysis:
         ]
 
 
-def analyse(obs: Observations, spec: RolloutSpec) -> Analysis:
+def _guard_bounds(spec: RolloutSpec) -> dict[tuple[str, Bound], dict[str, float]]:
+    """(metric, kind) -> {"success": limit, "rollback": limit}, for the bounds that are set."""
     bounds: dict[tuple[str, Bound], dict[str, float]] = {}
     for side, thresholds in (("success", spec.success), ("rollback", spec.rollback)):
         for metric, kind, limit in thresholds.bounds():
             bounds.setdefault((metric, kind), {})[side] = limit
+    return bounds
+
+
+def analyse(obs: Observations, spec: RolloutSpec) -> Analysis:
+    bounds = _guard_bounds(spec)
+    guard_alpha = alpha_per_test(spec, planned_tests(spec), len(bounds))
     results = []
     for (name, kind), limits in bounds.items():
         metric = METRICS[name]
@@ -426,7 +481,10 @@ def analyse(obs: Observations, spec: RolloutSpec) -> Analysis:
         elif value is None:
             verdict = Verdict.INSUFFICIENT
         elif bad is not None and violates(value, kind, bad):
-            verdict = Verdict.BREACH
+            # Past the rollback limit: a breach once noise cannot explain it, else a hold.
+            verdict = (
+                Verdict.BREACH if evident(metric, obs, kind, bad, guard_alpha) else Verdict.FAIL
+            )
         elif ok is not None and violates(value, kind, ok):
             verdict = Verdict.FAIL
         else:

@@ -52,6 +52,15 @@ def radius(variance: float, tau2: float, alpha: float) -> float:
     return math.sqrt(variance * spread * (2.0 * math.log(1.0 / alpha) + math.log(spread)))
 
 
+def rate_interval(successes: int, trials: int, alpha: float, tau: float) -> tuple[float, float]:
+    """The anytime-valid interval for one rate (the SLO guards' noise allowance)."""
+    if trials <= 0:
+        return 0.0, 1.0
+    p = successes / trials
+    half = radius(smoothed_variance(successes, trials) / trials, tau * tau, alpha)
+    return p - half, p + half
+
+
 @dataclass(frozen=True)
 class Evidence:
     """One test at one instant, everything needed to see why it says what it says."""
