@@ -41,7 +41,7 @@ from lvm_gateway.rollout.observations import (
     quantile_ms,
 )
 from lvm_gateway.rollout.spec import Bound, RolloutSpec
-from lvm_gateway.rollout.stats import Evidence, TestVerdict, compare, rate_interval
+from lvm_gateway.rollout.stats import Evidence, Outcome, compare, rate_interval
 
 # Window counters the data plane keeps for a dead or overloaded canary.
 DIVERTED = "diverted"  # requests routed to the canary but answered by stable (or not at all)
@@ -345,11 +345,11 @@ def alpha_per_test(
 
 
 def _stand(ev: Evidence, needed: int, waived: bool) -> Standing:
-    if ev.verdict == TestVerdict.HARM:
+    if ev.verdict == Outcome.HARM:
         return Standing.HARM
     if waived:
         return Standing.WAIVED
-    if ev.verdict == TestVerdict.NON_INFERIOR:
+    if ev.verdict == Outcome.NON_INFERIOR:
         return Standing.CLEAR
     if min(ev.samples, ev.baseline_samples) < needed or ev.difference is None:
         return Standing.INSUFFICIENT
@@ -391,6 +391,8 @@ def judge(obs: Observations, spec: RolloutSpec) -> tuple[Judgement, ...]:
         margin = float(margins.lane_hit5)  # type: ignore[arg-type]
         for lane in LANES:
             c, s = lane_hit5(obs, lane)
+            if not c[1] and not s[1]:
+                continue  # a lane no one asked about: nothing to judge, nothing to wait for
             ev = compare(
                 f"lane_hit5@{lane}", c, s, margin, alpha, _tau(margin, js.mixing),
                 higher_is_worse=False,

@@ -31,7 +31,7 @@ from typing import Any
 MIN_SAMPLES = 10
 
 
-class TestVerdict(StrEnum):
+class Outcome(StrEnum):
     HARM = "harm"
     NON_INFERIOR = "non-inferior"
     UNDECIDED = "undecided"
@@ -48,8 +48,9 @@ def radius(variance: float, tau2: float, alpha: float) -> float:
     """Half-width of the two-sided normal-mixture confidence sequence at estimate variance V."""
     if variance <= 0:
         return 0.0
-    spread = (variance + tau2) / tau2
-    return math.sqrt(variance * spread * (2.0 * math.log(1.0 / alpha) + math.log(spread)))
+    widening = (variance + tau2) / tau2
+    cost = 2.0 * math.log(1.0 / alpha) + math.log((variance + tau2) / variance)
+    return math.sqrt(variance * widening * cost)
 
 
 def rate_interval(successes: int, trials: int, alpha: float, tau: float) -> tuple[float, float]:
@@ -77,7 +78,7 @@ class Evidence:
     alpha: float
     samples: int  # the canary's
     baseline_samples: int
-    verdict: TestVerdict
+    verdict: Outcome
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -107,7 +108,7 @@ def compare(
     if n_c <= 0 or n_b <= 0:
         return Evidence(
             test, x_c / n_c if n_c > 0 else None, x_b / n_b if n_b > 0 else None, None, None, None,
-            None, None, margin, alpha, max(n_c, 0), max(n_b, 0), TestVerdict.UNDECIDED,
+            None, None, margin, alpha, max(n_c, 0), max(n_b, 0), Outcome.UNDECIDED,
         )  # fmt: skip
     p_c, p_b = x_c / n_c, x_b / n_b
     diff = p_c - p_b if higher_is_worse else p_b - p_c
@@ -115,12 +116,12 @@ def compare(
     half = radius(variance, tau * tau, alpha)
     sd = math.sqrt(variance)
     lower, upper = diff - half, diff + half
-    verdict = TestVerdict.UNDECIDED
+    verdict = Outcome.UNDECIDED
     if min(n_c, n_b) >= MIN_SAMPLES:
         if lower > margin:
-            verdict = TestVerdict.HARM
+            verdict = Outcome.HARM
         elif upper < margin:
-            verdict = TestVerdict.NON_INFERIOR
+            verdict = Outcome.NON_INFERIOR
     return Evidence(
         test, p_c, p_b, diff, lower, upper, (diff - margin) / sd, half / sd, margin, alpha,
         n_c, n_b, verdict,
