@@ -191,7 +191,8 @@ def test_lane_only_regression_rolls_back_although_overall_hit5_is_fine() -> None
     thin = quality({"lane_0": 42, "lane_1": 42, "lane_2": 40, "lane_3": 12})
     held, action = reconcile(started(QSPEC), Observations(canary=thin, stable=STABLE), QSPEC,
                              T0 + 60)  # fmt: skip
-    assert action.kind == ActionKind.HOLD and "lane_hit5@lane_3 suspect" in action.reason
+    assert held.weight == 10.0 and action.kind == ActionKind.HOLD
+    assert "lane_hit5@lane_3 suspect" in action.reason
     paused, action = reconcile(started(QSPEC), Observations(canary=thin, stable=STABLE), QSPEC,
                                T0 + 600)  # fmt: skip
     assert action.kind == ActionKind.PAUSE and paused.weight == 0.0
