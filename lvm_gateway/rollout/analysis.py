@@ -478,8 +478,14 @@ def analyse(obs: Observations, spec: RolloutSpec) -> Analysis:
         ok, bad = limits.get("success"), limits.get("rollback")
         if samples < needed:
             best = metric.value(obs, needed - samples)
-            certain = best is not None and bad is not None and violates(best, kind, bad)
-            verdict = Verdict.BREACH if certain else Verdict.INSUFFICIENT
+            # Certain for the value once the samples arrive; still a breach only on evidence.
+            proven = (
+                best is not None
+                and bad is not None
+                and violates(best, kind, bad)
+                and evident(metric, obs, kind, bad, guard_alpha)
+            )
+            verdict = Verdict.BREACH if proven else Verdict.INSUFFICIENT
         elif value is None:
             verdict = Verdict.INSUFFICIENT
         elif bad is not None and violates(value, kind, bad):

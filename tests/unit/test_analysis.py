@@ -89,9 +89,14 @@ def test_thin_data_is_insufficient() -> None:
 
 
 def test_thin_data_with_a_certain_breach_is_a_breach() -> None:
-    # 5 errors in 50 requests: even if the next 50 all succeed, 5/100 > 1%.
-    v = verdicts(Observations(canary=window(50, 5, 2.0)), spec())
+    # 25 errors in 50 requests: even if the next 50 all succeed, 25/100 > 1%, and 50% errors
+    # on 50 requests is beyond noise.
+    v = verdicts(Observations(canary=window(50, 25, 2.0)), spec())
     assert v["error_rate"] == Verdict.BREACH
+    # 5 in 50 would also end above 1% at 100 requests, but 10% on 50 samples is not evidence
+    # of a rate above 1% at every look of a long rollout: wait for the samples.
+    v = verdicts(Observations(canary=window(50, 5, 2.0)), spec())
+    assert v["error_rate"] == Verdict.INSUFFICIENT
     # 50 slow requests: even padded with 50 fast ones the p95 stays above 10 ms.
     v = verdicts(Observations(canary=window(50, 0, 40.0)), spec())
     assert v["p95_ms"] == Verdict.BREACH

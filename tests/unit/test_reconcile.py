@@ -120,7 +120,7 @@ def test_a_good_analysis_resets_the_failure_count() -> None:
 
 
 def test_certain_breach_on_thin_data_counts() -> None:
-    errors = obs(n=50, errors=10)
+    errors = obs(n=50, errors=30)
     once, action = reconcile(started(), errors, SPEC, T0 + 5)
     assert action.kind == ActionKind.FAILURE and "error_rate" in action.reason
     assert once.failures == 1
