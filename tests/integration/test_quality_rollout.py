@@ -163,6 +163,11 @@ def served_by(reports: list[TrafficReport]) -> dict[str, int]:
     return out
 
 
+def names_a_hit_rate(reason: str) -> bool:
+    """The judge rolls back on whichever Hit@K test shows harm first (or the hit5 guard)."""
+    return any(f"hit{k}" in reason for k in (1, 5, 10))
+
+
 def only_stable_after(gw: Gateway, n: int = 20) -> set[str]:
     """Variants serving n fresh users once a rollback has reached the gateway."""
     seen = set()
@@ -192,10 +197,10 @@ async def test_quality_regression_is_rolled_back(
             stable_scored = gw.metric("lvmgw_scored_answers_total", variant=STABLE)
         history = await rolloutctl(redis_url, store, "history", NAME)
     assert (done.phase, done.weight, done.step) == (Phase.ROLLED_BACK, 0.0, 0), done.reason
-    assert "hit5" in done.reason
+    assert names_a_hit_rate(done.reason), done.reason
     last = history[-1]
     assert (last["actor"], last["phase"]) == ("controller", "RolledBack")
-    assert "hit5" in last["reason"] and last["metrics"]["hit5"] < ROLLBACK["hit5_min"]
+    assert names_a_hit_rate(last["reason"]) and last["metrics"]["hit5"] < ROLLBACK["hit5_min"]
     assert [e["action"] for e in history if e["actor"] == "controller"][-1] == "rollback"
     # The gateway's own Prometheus view agrees: the canary's proxy is far below stable's.
     assert canary_scored >= 10 and stable_scored >= 40
@@ -353,7 +358,7 @@ async def test_a_bad_canary_is_rolled_back_from_shadow_before_any_user_sees_it(
             canary_served = gw.metric("lvmgw_requests_total", variant=NAME)
         history = await store.history(NAME)
     assert (done.phase, done.step, done.weight) == (Phase.ROLLED_BACK, 0, 0.0), done.reason
-    assert "hit5" in done.reason
+    assert names_a_hit_rate(done.reason), done.reason
     # Judged in shadow and rolled back there (the judge's evidence of harm, or an SLO guard's
     # breach twice in a row): never at a user step.
     moves = [(e["action"], e["step"], e["weight"]) for e in history]
