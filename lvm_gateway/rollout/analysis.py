@@ -364,8 +364,10 @@ def judge(obs: Observations, spec: RolloutSpec) -> tuple[Judgement, ...]:
     alpha = alpha_per_test(spec, planned, len(_guard_bounds(spec)))
     margins = js.margins
     out = []
-    # At 100% stable serves no one in the step: judge against what it did during the rollout.
-    base = obs.stable if requests(obs.stable) else obs.stable_quality
+    # At 100% stable serves (next to) no one in the step: while its step window is short of the
+    # budget, judge against what it did during the whole rollout.
+    thin = requests(obs.stable) < spec.min_requests
+    base = obs.stable_quality if thin else obs.stable
     slo = _slo_ms(spec)
     slow_from = slow_bucket(slo) if slo is not None else 0
     for test in traffic:

@@ -127,13 +127,16 @@ def test_pausing_after_a_shadow_step_keeps_mirroring_and_serves_no_one() -> None
 
 
 def test_at_full_weight_traffic_is_judged_against_what_stable_did_before() -> None:
-    obs = Observations(
-        canary=traffic(40_000, 40), stable=VariantWindow(), stable_rollout=traffic(40_000, 40)
-    )
-    a = analyse(obs, SPEC)
-    assert standings(a)["error_rate"] == Standing.CLEAR
-    (ev,) = [j.evidence for j in a.judgements if j.evidence.test == "error_rate"]
-    assert ev.baseline_samples == 40_000
+    # A few stragglers still reach stable in the step (sticky sessions, retries): too few to
+    # judge against, so the baseline is stable's whole rollout.
+    for straggling in (VariantWindow(), traffic(17)):
+        obs = Observations(
+            canary=traffic(40_000, 40), stable=straggling, stable_rollout=traffic(40_000, 40)
+        )
+        a = analyse(obs, SPEC)
+        assert standings(a)["error_rate"] == Standing.CLEAR
+        (ev,) = [j.evidence for j in a.judgements if j.evidence.test == "error_rate"]
+        assert ev.baseline_samples == 40_000
 
 
 QSPEC = RolloutSpec.model_validate(
