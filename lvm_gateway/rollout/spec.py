@@ -8,6 +8,9 @@ The defaults are the seed's success criteria and rollback triggers, quality incl
 `success:` or `rollback:` mapping in the YAML replaces its defaults as a whole, so a policy judges
 exactly the bounds it lists (a rollout without user feedback lists no hit5/lane_delta bound;
 otherwise it would wait for feedback and pause with "insufficient traffic").
+
+`judge:` configures the canary-vs-stable judge beside those bounds (docs/judge.md); it comes
+from the YAML only (`rolloutctl thresholds` does not change it).
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from lvm_gateway.lvm.world import N_LANES
 from lvm_gateway.policies.base import StrictModel
 
 Step = float | Literal["shadow"]
+LANE_NAMES = frozenset(f"lane_{i}" for i in range(N_LANES))
 Bound = Literal["max", "min"]
 
 
@@ -76,6 +81,14 @@ class JudgeSpec(StrictModel):
     latency_slo_ms: float | None = Field(default=None, gt=0)  # default: success.p95_ms_max
     lane_min_feedback: int = Field(default=50, ge=0)  # per lane and side, before a lane clears
     waive_lanes: tuple[str, ...] = ()  # lanes that need not clear (their harm still counts)
+
+    @field_validator("waive_lanes")
+    @classmethod
+    def _known_lanes(cls, lanes: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [lane for lane in lanes if lane not in LANE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown lane(s) {unknown}: lanes are lane_0..lane_{N_LANES - 1}")
+        return lanes
 
 
 # What `rolloutctl thresholds` may change at run time; the route and steps come from the YAML.

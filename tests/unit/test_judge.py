@@ -177,3 +177,8 @@ def test_lanes_without_enough_feedback_block_until_judged_or_waived() -> None:
     s, action = reconcile(started(waived), Observations(canary=broken, stable=stable), waived,
                           T0 + 60)  # fmt: skip
     assert s.phase == Phase.ROLLED_BACK and "lane_hit5@lane_1" in s.reason
+
+
+def test_waiving_an_unknown_lane_is_an_error() -> None:
+    with pytest.raises(ValueError, match=r"unknown lane\(s\) \['lane_16'\]"):
+        RolloutSpec.model_validate({"route": "/x", "judge": {"waive_lanes": ["lane_16"]}})
