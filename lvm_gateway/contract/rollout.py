@@ -12,6 +12,9 @@ The defaults are the LVM plan's success criteria and rollback triggers, quality 
 `success:` or `rollback:` mapping in the YAML replaces its defaults as a whole, so a policy judges
 exactly the bounds it lists (a rollout without user feedback lists no hit5/lane_delta bound;
 otherwise it would wait for feedback and pause with "insufficient traffic").
+
+`judge:` configures the canary-vs-stable judge beside those bounds (docs/judge.md); it comes
+from the YAML only (`rolloutctl thresholds` does not change it).
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ from pydantic import (
 )
 
 from lvm_gateway.contract.humanize import format_path
+from lvm_gateway.contract.lvm import N_LANES, lane_name
 from lvm_gateway.contract.strict import Seq, StrictModel
 
 Bound = Literal["max", "min"]
+LANE_NAMES = frozenset(lane_name(i) for i in range(N_LANES))
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 _UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -106,6 +111,51 @@ class Thresholds(StrictModel):
                 yield metric, kind, float(limit)  # type: ignore[misc]
 
 
+class Margins(StrictModel):
+    """How much worse than the baseline the canary may be, per judge test, as a difference of
+    rates (0.005 = half a percentage point). None switches that test off."""
+
+    error_rate: float | None = Field(default=None, ge=0, le=1)  # errors + diverted requests
+    invalid_rate: float | None = Field(default=None, ge=0, le=1)
+    empty_rate: float | None = Field(default=None, ge=0, le=1)
+    slow_rate: float | None = Field(default=None, ge=0, le=1)  # share over the latency SLO
+    hit1: float | None = Field(default=None, ge=0, le=1)
+    hit5: float | None = Field(default=None, ge=0, le=1)
+    hit10: float | None = Field(default=None, ge=0, le=1)
+    lane_hit5: float | None = Field(default=None, ge=0, le=1)  # each lane's Hit@5
+
+
+class JudgeSpec(StrictModel):
+    """The canary-vs-baseline judge (docs/judge.md). A test runs for each metric family the
+    thresholds bound: error_rate, invalid_rate, empty_rate; slow_rate for p95_ms; hit1/5/10 for
+    hit5; lane_hit5 for lane_delta."""
+
+    alpha: float = Field(default=0.05, gt=0, lt=1)  # false-alarm budget for the whole rollout
+    # A `margins:` mapping in the YAML replaces these as a whole, like success/rollback.
+    margins: Margins = Margins(
+        error_rate=0.005,
+        invalid_rate=0.005,
+        empty_rate=0.03,
+        slow_rate=0.05,
+        hit1=0.05,
+        hit5=0.05,
+        hit10=0.05,
+        lane_hit5=0.15,
+    )
+    mixing: float = Field(default=1.0, gt=0)  # mixing sd tau = mixing x margin (0-margin: 0.01)
+    latency_slo_ms: float | None = Field(default=None, gt=0)  # default: success.p95_ms_max
+    lane_min_feedback: int = Field(default=50, ge=0)  # per lane and side, before a lane clears
+    waive_lanes: Seq[str] = ()  # lanes that need not clear (their harm still counts)
+
+    @field_validator("waive_lanes")
+    @classmethod
+    def _known_lanes(cls, lanes: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [lane for lane in lanes if lane not in LANE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown lane(s) {unknown}: lanes are lane_0..lane_{N_LANES - 1}")
+        return lanes
+
+
 # What `rolloutctl thresholds` may change at run time; the route and steps come from the YAML.
 TUNABLE_KEYS = (
     "step_min_seconds",
@@ -148,6 +198,7 @@ class RolloutSpec(StrictModel):
         lane_delta_max=0.20,
         invalid_rate_max=0.01,
     )
+    judge: JudgeSpec = JudgeSpec()
 
     @field_validator("steps", mode="before")
     @classmethod

@@ -370,7 +370,35 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("embedded", help="the embedded redis-server of this directory")
     e.add_argument("action", choices=("status", "stop"))
     e.add_argument("--json", action="store_true")
+    _simulate_parser(sub)
     return p
+
+
+def _simulate_parser(sub: Any) -> None:
+    """`simulate`: the real judge on simulated traffic; no Redis (docs/judge.md)."""
+    m = sub.add_parser("simulate", help="run a rollout many times on simulated traffic")
+    # Its own dest: a subparser default would overwrite `rolloutctl --config F simulate`.
+    m.add_argument("--config", dest="sim_config", default=None, help="policy YAML (required)")
+    m.add_argument("--rollout", required=True, help="a rollout named in --config")
+    m.add_argument("--runs", type=int, default=200)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--json", action="store_true", help="print the counts as one JSON object")
+    m.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    m.add_argument("--step-seconds", type=float, default=None, help="override step_min_seconds")
+    m.add_argument("--interval-seconds", type=float, default=None, help="analysis cadence")
+    m.add_argument("--rps", type=float, default=100.0)
+    m.add_argument("--feedback-rate", type=float, default=0.1)
+    m.add_argument("--feedback-delay-s", type=float, default=0.0)
+    m.add_argument("--stable-hit5", type=float, default=0.66)
+    m.add_argument("--canary-hit5", type=float, default=None, help="default: as stable")
+    m.add_argument("--stable-p50-ms", type=float, default=2.0)
+    m.add_argument("--canary-p50-ms", type=float, default=None, help="default: as stable")
+    m.add_argument("--canary-error-rate", type=float, default=None, help="default: 0, as stable")
+    m.add_argument("--canary-nan-rate", type=float, default=None, help="default: 0, as stable")
+    m.add_argument("--lane-hit5", action="append", default=[], metavar="LANE=VALUE",
+                   help="the canary's Hit@5 on one lane (repeatable)")  # fmt: skip
+    m.add_argument("--lane-shares", default=None, metavar="S0,...,S15",
+                   help="traffic share of each lane (default equal)")  # fmt: skip
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -404,6 +432,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.verb == "status" and args.timeout is not None and not args.name:
         p.error("status --timeout needs a rollout NAME")
+    if args.verb == "simulate":  # pure: no Redis
+        from lvm_gateway.rollout.simulate import run_cli
+
+        try:
+            return run_cli(args)
+        except ConfigError as exc:
+            for e in exc.errors:
+                err.print(e, markup=False)
+            return 2
+        except ValueError as exc:
+            err.print(f"rolloutctl simulate: {exc}", markup=False)
+            return 2
     if args.verb == "controller":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.redis_url = None

@@ -1,10 +1,15 @@
 """The controller's decision for one rollout at one instant. Pure: no clock, no I/O.
 
-breach of a rollback bound      failures+1; at failure_limit -> RolledBack, weight 0
-thin data (< min samples)       hold; after max_hold_seconds in the step -> Paused
-                                ("insufficient traffic"), never a silent advance
-success bounds not all met      hold; after max_hold_seconds -> Paused
-all met, step_min_seconds done  next step; after the last step -> Promoted
+not Progressing                    hold: the controller waits
+canary circuit open                RolledBack, weight 0
+judge: harm on any test            RolledBack, weight 0 (anytime-valid evidence: no failure_limit)
+breach of an SLO guard             failures+1; at failure_limit -> RolledBack, weight 0
+thin data (guard or judge test     hold; after max_hold_seconds in the step -> Paused at the
+  short of its samples)              previous step's weight ("insufficient traffic")
+a suspect test or an unmet         hold; after max_hold_seconds -> Paused at the previous
+  success bound                      step's weight: a suspect canary does not keep its users
+every guard passes, every judge    next step; after the last step -> Promoted
+  test clear, step_min_seconds done
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from lvm_gateway.contract.rollout import Phase, RolloutSpec, RolloutStatus
-from lvm_gateway.rollout.analysis import Analysis, Verdict, analyse
+from lvm_gateway.rollout.analysis import Analysis, Standing, Verdict, analyse
 from lvm_gateway.rollout.observations import Observations
-from lvm_gateway.rollout.transitions import enter_step, promote, rollback
+from lvm_gateway.rollout.transitions import enter_step, hold_back, promote, rollback
 
 
 class ActionKind(StrEnum):
@@ -48,6 +53,14 @@ def reconcile(
     def act(kind: ActionKind, reason: str) -> Action:
         return Action(kind, reason, analysis, metrics)
 
+    if analysis.circuit_open:
+        reason = f"rollback: the canary's circuit opened ({analysis.circuit_open}x in the step)"
+        return rollback(status, now, reason), act(ActionKind.ROLLBACK, reason)
+    if analysis.harmed:
+        reason = "rollback: evidence of harm: " + "; ".join(
+            j.evidence.describe() for j in analysis.harmed
+        )
+        return rollback(status, now, reason), act(ActionKind.ROLLBACK, reason)
     if analysis.breached:
         failures = status.failures + 1
         what = "; ".join(r.describe() for r in analysis.breached)
@@ -61,7 +74,8 @@ def reconcile(
     base = status.evolve(failures=0, updated_at=now) if status.failures else status
     elapsed = now - (status.step_started_at if status.step_started_at is not None else now)
     timed_out = elapsed >= spec.max_hold_seconds
-    if analysis.insufficient:
+    short = [j for j in analysis.holding if j.standing == Standing.INSUFFICIENT]
+    if analysis.insufficient or short:
         guard = (analysis.requests, analysis.min_requests)
         thin = [f"requests {guard[0]}/{guard[1]}"] if guard[0] < guard[1] else []
         thin += [  # metrics short of their own guard (feedback), not the request count again
@@ -69,18 +83,20 @@ def reconcile(
             for r in analysis.results
             if r.verdict == Verdict.INSUFFICIENT and (r.samples, r.needed) != guard
         ]
+        thin += [j.describe() for j in short]
         detail = "; ".join(dict.fromkeys(thin))
         if timed_out:
             reason = f"insufficient traffic after {elapsed:.0f}s: {detail}"
-            paused = base.evolve(phase=Phase.PAUSED, updated_at=now, reason=reason)
-            return paused, act(ActionKind.PAUSE, reason)
+            return hold_back(base, spec, now, reason), act(ActionKind.PAUSE, reason)
         return base, act(ActionKind.HOLD, f"waiting for traffic: {detail}")
     if not analysis.passed:
-        what = "; ".join(r.describe() for r in analysis.results if r.verdict != Verdict.PASS)
+        what = "; ".join(
+            [r.describe() for r in analysis.results if r.verdict != Verdict.PASS]
+            + [j.describe() for j in analysis.holding]
+        )
         if timed_out:
             reason = f"success criteria not met after {elapsed:.0f}s: {what}"
-            paused = base.evolve(phase=Phase.PAUSED, updated_at=now, reason=reason)
-            return paused, act(ActionKind.PAUSE, reason)
+            return hold_back(base, spec, now, reason), act(ActionKind.PAUSE, reason)
         return base, act(ActionKind.HOLD, f"holding: {what}")
     if elapsed < spec.min_seconds(status.step):  # a timed pause step's duration, at least
         wait = spec.min_seconds(status.step) - elapsed

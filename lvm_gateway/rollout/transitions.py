@@ -60,6 +60,19 @@ def promote(status: RolloutStatus, spec: RolloutSpec, now: float, reason: str) -
     )
 
 
+def hold_back(status: RolloutStatus, spec: RolloutSpec, now: float, reason: str) -> RolloutStatus:
+    """Paused at the previous step's weight (0 before the first): a canary the judge could not
+    clear does not keep the users of the step it failed to earn. `resume` gives them back."""
+    previous = status.step - 1
+    return status.evolve(
+        phase=Phase.PAUSED,
+        weight=spec.step_weight(previous) if previous >= 0 else 0.0,
+        mirror=spec.step_mirror(previous) if previous >= 0 else 0.0,
+        updated_at=now,
+        reason=reason,
+    )
+
+
 def _where(status: RolloutStatus) -> str:
     return f"{status.name} is {status.phase} (step {status.step + 1}, weight {status.weight:g}%)"
 
@@ -104,6 +117,11 @@ def advance(
         raise InvalidTransitionError(
             f"refusing to advance {status.name}: rollback threshold breached ({what}); "
             "use --force to override"
+        )
+    if not force and analysis is not None and analysis.harmed:
+        what = "; ".join(j.evidence.describe() for j in analysis.harmed)
+        raise InvalidTransitionError(
+            f"refusing to advance {status.name}: evidence of harm ({what}); use --force to override"
         )
     last = len(spec.steps) - 1
     if full or (to is None and status.step >= last):
@@ -170,6 +188,11 @@ def resume(status: RolloutStatus, spec: RolloutSpec, now: float) -> RolloutStatu
         raise InvalidTransitionError(f"cannot resume {status.name}: it is {status.phase}")
     if spec.pause_at(status.step) is not None:
         return next_step(status, spec, now, f"resumed by operator past step {status.step + 1}")
+    # The step's own weight again (a controller pause held it back at the previous step's).
+    if 0 <= status.step < len(spec.steps):
+        status = status.evolve(
+            weight=spec.step_weight(status.step), mirror=spec.step_mirror(status.step)
+        )
     # A fresh step clock: the analysis judges traffic from now on, not the paused stretch.
     return status.evolve(
         phase=Phase.PROGRESSING,

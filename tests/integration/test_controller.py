@@ -101,10 +101,12 @@ async def test_latency_regression_rolls_back(rig: Rig) -> None:
         await ops.start(rig.store, "phase2")
         done = await rig.until(lambda s: s.phase != Phase.PROGRESSING, 10)
         halt.set()
+    # 40 ms against stable's 1 ms: the judge's latency test (share of requests over the SLO)
+    # has evidence of harm at the first analysis with enough requests; no failure_limit.
     assert (done.phase, done.weight, done.step) == (Phase.ROLLED_BACK, 0.0, 0)
-    assert "p95_ms" in done.reason and "2 consecutive" in done.reason
+    assert "evidence of harm" in done.reason and "slow_rate" in done.reason
     events = await rig.store.history("phase2")
-    assert [e["action"] for e in events] == ["start", "failure", "rollback"]
+    assert [e["action"] for e in events] == ["start", "rollback"]
     assert events[-1]["metrics"]["p95_ms"] > 10
 
 
@@ -116,7 +118,8 @@ async def test_thin_traffic_pauses_instead_of_advancing(rig: Rig) -> None:
     async with running(rig.traffic(), run_controller(rig.redis_url, rig.prefix, halt, "c1")):
         done = await rig.until(lambda s: s.phase != Phase.PROGRESSING, 5)
         halt.set()
-    assert (done.phase, done.weight, done.step) == (Phase.PAUSED, 10.0, 0)
+    # Paused at the weight before the first step: an unjudged canary keeps no users.
+    assert (done.phase, done.weight, done.step) == (Phase.PAUSED, 0.0, 0)
     assert done.reason.startswith("insufficient traffic")
 
 

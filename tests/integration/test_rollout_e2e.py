@@ -141,7 +141,7 @@ async def test_latency_regression_is_rolled_back(
                 await asyncio.sleep(1.5)
         events = await store.history("phase2")
     assert (done.phase, done.weight) == (Phase.ROLLED_BACK, 0.0)
-    assert "p95_ms" in done.reason
+    assert "slow_rate" in done.reason or "p95_ms" in done.reason, done.reason  # judge or guard
     assert events[-1]["actor"] == "controller" and events[-1]["metrics"]["p95_ms"] > 150
     after = probe.since(rolled_at + 1.0)
     assert after and {v for _, _, v, _ in after} == {"phase1"}
