@@ -75,6 +75,8 @@ class DataPlaneLike(Protocol):
     @property
     def routing(self) -> str: ...
     @property
+    def analyses(self) -> Mapping[str, Mapping[str, Any]]: ...
+    @property
     def recorder(self) -> RecorderLike: ...
     async def start(self, config: Config) -> None: ...
     async def on_config(self, config: Config) -> None: ...
@@ -101,7 +103,9 @@ class GatewayApp:
         self.registry = registry or CollectorRegistry()
         self.metrics = MetricsRecorder(self.registry)
         self.rollout_collector = RolloutCollector(
-            lambda: self.dataplane.weights, lambda: self.dataplane.connected
+            lambda: self.dataplane.weights,
+            lambda: self.dataplane.connected,
+            lambda: self.dataplane.analyses,
         )
         self.registry.register(self.rollout_collector)
         self.pool = UpstreamPool()

@@ -8,6 +8,7 @@ methods on every request.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -24,14 +25,33 @@ LATENCY_BUCKETS = (
 CIRCUIT_STATES = {"closed": 0, "open": 1, "half_open": 2}
 
 
+# The judge's evidence per test, from the controller's latest analysis (docs/judge.md).
+_EVIDENCE_GAUGES = (
+    ("canary", "estimate", "The canary's rate in the judge's test."),
+    ("baseline", "baseline", "The stable variant's rate over the same period."),
+    ("difference", "difference", "How much worse the canary is (positive: worse)."),
+    ("lower", "interval_lower", "The anytime-valid interval's lower end for the difference."),
+    ("upper", "interval_upper", "The anytime-valid interval's upper end for the difference."),
+    ("statistic", "statistic", "(difference - margin) / its standard deviation."),
+    ("threshold", "threshold", "The anytime-valid critical value the statistic is held to."),
+    ("margin", "margin", "How much worse the canary may be before it is harm."),
+)
+STANDINGS = ("harm", "suspect", "clear", "insufficient", "waived")
+
+
 class RolloutCollector(Collector):
-    """Read at scrape time: the weights this process routes by and whether Redis is reachable."""
+    """Read at scrape time: the weights this process routes by, whether Redis is reachable, and
+    the controller's latest evidence per rollout and judge test."""
 
     def __init__(
-        self, weights: Callable[[], Mapping[str, float]], connected: Callable[[], bool]
+        self,
+        weights: Callable[[], Mapping[str, float]],
+        connected: Callable[[], bool],
+        analyses: Callable[[], Mapping[str, Mapping[str, Any]]] = dict,
     ) -> None:
         self.weights = weights
         self.connected = connected
+        self.analyses = analyses
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
@@ -47,6 +67,28 @@ class RolloutCollector(Collector):
             "1 while this process reaches Redis; 0 means it serves with the last known weights.",
             value=1.0 if self.connected() else 0.0,
         )
+        yield from self._evidence()
+
+    def _evidence(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["rollout", "test"]
+        families = {
+            key: GaugeMetricFamily(f"lvmgw_rollout_analysis_{name}", doc, labels=labels)
+            for key, name, doc in _EVIDENCE_GAUGES
+        }
+        standing = GaugeMetricFamily(
+            "lvmgw_rollout_analysis_standing",
+            "1 for where each judge test stands now (harm, suspect, clear, insufficient, waived).",
+            labels=[*labels, "standing"],
+        )
+        for rollout, doc in sorted(self.analyses().items()):
+            for e in doc.get("evidence", ()):
+                for key, family in families.items():
+                    if e.get(key) is not None:
+                        family.add_metric([rollout, e["test"]], float(e[key]))
+                for s in STANDINGS:
+                    standing.add_metric([rollout, e["test"], s], 1.0 if e["standing"] == s else 0.0)
+        yield from families.values()
+        yield standing
 
 
 class RecordsCollector(Collector):

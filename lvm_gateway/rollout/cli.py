@@ -128,9 +128,41 @@ def status_table(doc: dict[str, Any], lanes: bool = False) -> Group:
                 f"[{_VERDICT_STYLE[m['verdict']]}]{m['verdict']}[/]",
             )
         parts.append(metrics)
+    evidence = [e for e in doc.get("evidence", []) if lanes or "@" not in e["test"]]
+    if evidence:
+        parts.append(evidence_table(evidence))
     if lanes and doc["lanes"]:
         parts.append(lanes_table(doc["lanes"]))
     return Group(*parts, "")
+
+
+_STANDING_STYLE = {
+    "harm": "red",
+    "suspect": "yellow",
+    "clear": "green",
+    "insufficient": "dim",
+    "waived": "dim",
+}
+
+
+def evidence_table(rows: list[dict[str, Any]]) -> Table:
+    """The judge's tests: the canary's rate against stable's, how much worse (positive: worse)
+    with its anytime-valid interval, the margin and where the test stands."""
+    table = Table(show_edge=False, pad_edge=False, title="judge: canary vs stable")
+    for col in ("test", "canary", "stable", "worse by [interval]", "margin", "n", "standing"):
+        table.add_column(col, justify="left" if col in ("test", "standing") else "right")
+    for e in rows:
+        interval = (
+            "-"
+            if e["difference"] is None
+            else f"{e['difference']:+.3f} [{e['lower']:+.3f}, {e['upper']:+.3f}]"
+        )
+        table.add_row(
+            e["test"], _fmt(e["canary"]), _fmt(e["baseline"]), interval, f"{e['margin']:g}",
+            f"{e['samples']}/{e['needed']}",
+            f"[{_STANDING_STYLE.get(e['standing'], '')}]{e['standing']}[/]",
+        )  # fmt: skip
+    return table
 
 
 def _step_name(step: Any) -> str:

@@ -54,10 +54,15 @@ async def reconcile_rollout(
         return status, None, reg
     observations = await observe(store.client, store.prefix, status, now)
     new, action = reconcile(status, observations, reg.spec, now)
+    # The evidence behind every analysis, for status, the status page and /metrics; a move also
+    # keeps it in the history.
+    await store.record_analysis(name, action, now, ttl_s=10 * reg.spec.interval_seconds)
     if not new.same_state(status):
+        evidence = action.analysis.evidence() if action.analysis is not None else []
         new = await store.transition(
-            status, new, Actor.CONTROLLER, str(action.kind), identity, action.metrics, lease
-        )
+            status, new, Actor.CONTROLLER, str(action.kind), identity,
+            {**action.metrics, "evidence": evidence}, lease,
+        )  # fmt: skip
         log.info("rollout %s: %s", name, action.reason)
     return new, action, reg
 

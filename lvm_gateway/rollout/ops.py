@@ -158,6 +158,7 @@ async def describe(store: RolloutStore, name: str) -> dict[str, Any]:
     )
     doc["thresholds"] = reg.spec.tunables()
     doc["metrics"] = []
+    doc["evidence"] = []
     doc["lanes"] = []
     doc["diverted"] = 0
     doc["next"] = _WAITING.get(status.phase, "")
@@ -183,6 +184,7 @@ async def describe(store: RolloutStore, name: str) -> dict[str, Any]:
                 }
                 for r in action.analysis.results
             ]
+            doc["evidence"] = action.analysis.evidence()
         if status.phase == Phase.PROGRESSING:
             doc["next"] = f"{action.kind}: {action.reason}"
     return doc

@@ -32,6 +32,7 @@ from lvm_gateway.errors import (
     ThresholdError,
     UnknownRolloutError,
 )
+from lvm_gateway.rollout.reconcile import Action
 from lvm_gateway.rollout.transitions import ACTIVE, abort
 
 _RETIRE_ATTEMPTS = 5
@@ -343,6 +344,27 @@ class RolloutStore:
                 "nothing was written: check `rolloutctl status` and retry"
             )
         return new.evolve(version=int(version))
+
+    # -- analyses ------------------------------------------------------------------------------
+
+    async def record_analysis(self, name: str, action: Action, now: float, ttl_s: float) -> None:
+        """The controller's latest analysis of a rollout: what it did, the guards' values and
+        every judge test's evidence; it expires when the controller stops analysing."""
+        doc = {
+            "at": now,
+            "action": str(action.kind),
+            "reason": action.reason,
+            "metrics": dict(action.metrics),
+            "evidence": action.analysis.evidence() if action.analysis is not None else [],
+        }
+        await self.client.set(self.key(name, "analysis"), json.dumps(doc), px=int(ttl_s * 1000))
+
+    async def analyses(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        """The latest recorded analysis of each named rollout that has one (one round trip)."""
+        if not names:
+            return {}
+        raws = await self.client.mget([self.key(n, "analysis") for n in names])
+        return {n: json.loads(r) for n, r in zip(names, raws, strict=True) if r is not None}
 
     # -- history -----------------------------------------------------------------------
 

@@ -92,6 +92,13 @@ async def test_healthy_canary_is_promoted_step_by_step(rig: Rig) -> None:
     ]  # fmt: skip
     assert all(e["metrics"]["requests"] >= 20 for e in auto)
     assert all(e["metrics"]["p95_ms"] <= 5 for e in auto)
+    # Every move keeps the judge's evidence: per test, the estimates, interval and standing.
+    for e in auto:
+        tests = {ev["test"]: ev for ev in e["metrics"]["evidence"]}
+        assert tests["error_rate"]["standing"] == "clear"
+        assert tests["error_rate"]["lower"] <= tests["error_rate"]["upper"]
+    latest = (await rig.store.analyses(["phase2"]))["phase2"]
+    assert latest["action"] == "promote" and latest["evidence"]
 
 
 async def test_latency_regression_rolls_back(rig: Rig) -> None:

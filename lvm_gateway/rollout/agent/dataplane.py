@@ -21,6 +21,8 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -33,6 +35,8 @@ from lvm_gateway.rollout.controller import run_controller
 from lvm_gateway.rollout.store import RolloutStore
 
 log = logging.getLogger(__name__)
+
+ANALYSIS_POLL_TICKS = 5  # flush ticks between reads of the controller's latest analyses
 
 
 def rollout_pairs(config: Config) -> dict[str, Pair]:
@@ -63,6 +67,8 @@ class RolloutDataPlane:
         self.flush_interval_s = flush_interval_s
         self.lease_seconds = lease_seconds
         self.recheck_interval_s = 5.0  # how often registration checks Redis still has the specs
+        # The controller's latest analysis per rollout (evidence for /metrics), polled.
+        self.analyses: Mapping[str, dict[str, Any]] = MappingProxyType({})
         self.recorder = WindowRecorder(prefix)
         # The last statuses read from Redis, for a cold start while Redis is unreachable.
         state_file = state_dir / f"rollouts-{prefix}.json" if state_dir is not None else None
@@ -131,10 +137,15 @@ class RolloutDataPlane:
                 return
 
     async def _flush_loop(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(self.flush_interval_s)
+            ticks += 1
             try:
                 await self.recorder.flush(self._client)
+                if ticks % ANALYSIS_POLL_TICKS == 0:
+                    names = list(self.snapshot.weights)
+                    self.analyses = MappingProxyType(await self._store.analyses(names))
             except (RedisError, OSError) as exc:
                 log.debug("window flush deferred: %s", exc)
 
