@@ -7,6 +7,7 @@ from collections.abc import Generator, Iterator
 import pytest
 
 from tests.chaos.kit import FULL, ROWS, Scenario, table
+from tests.integration.gateway_env import model_servers
 
 _PASSED = pytest.StashKey[bool]()
 
@@ -31,6 +32,16 @@ def scenario(request: pytest.FixtureRequest) -> Iterator[Scenario]:
     ROWS.append(row.row())
     # Visible with -s (make chaos): the row as soon as its scenario ends.
     print("\n" + table([ROWS[-1]]))
+
+
+@pytest.fixture(scope="session")
+def stubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A stable (phase1) and a canary (phase2) `lvm-serve --profile stub` for scenarios that
+    kill something else."""
+    with model_servers(
+        {"phase1": ["stub"], "phase2": ["stub"]}, tmp_path_factory.mktemp("stubs")
+    ) as urls:
+        yield urls
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -8,17 +8,22 @@ rows are printed as one table at the end of the run (conftest.py).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from redis.exceptions import RedisError
 
+from lvm_gateway.contract.rollout import RolloutStatus
+from lvm_gateway.rollout.store import RolloutStore
 from tests.integration.gateway_env import infer_body
 
 FULL = os.environ.get("LVM_CHAOS", "") == "full"
@@ -71,8 +76,7 @@ class Scenario:
 
     name: str
     started: float = field(default_factory=time.monotonic)
-    requests: int = 0
-    failed: int = 0
+    loads: list[Load] = field(default_factory=list)
     passed: int = 0
     checked: int = 0
     notes: list[str] = field(default_factory=list)
@@ -86,15 +90,16 @@ class Scenario:
     def note(self, text: str) -> None:
         self.notes.append(text)
 
-    def count(self, load: Load) -> None:
-        self.requests += load.requests
-        self.failed += load.failed
+    def track(self, load: Load) -> Load:
+        """Count `load`'s requests in this row (also when the scenario fails half-way)."""
+        self.loads.append(load)
+        return load
 
     def row(self) -> tuple[str, ...]:
         return (
             self.name,
-            f"{self.requests:,}",
-            f"{self.failed:,}",
+            f"{sum(load.requests for load in self.loads):,}",
+            f"{sum(load.failed for load in self.loads):,}",
             f"{self.passed}/{self.checked}",
             f"{time.monotonic() - self.started:.1f}",
             "pass" if self.ok else "FAIL",
@@ -222,3 +227,48 @@ LOOSE: dict[str, Any] = {
     "success": {"p95_ms_max": 1000, "error_rate_max": 0.01},
     "rollback": {"p95_ms_max": 5000, "error_rate_max": 0.05},
 }
+
+
+async def until_status(
+    store: RolloutStore, check: Callable[[RolloutStatus], bool], timeout_s: float, what: str
+) -> RolloutStatus:
+    """Poll rollout phase2 until `check` holds; a Redis that is restarting is retried."""
+    deadline = time.monotonic() + timeout_s
+    status = None
+    while True:
+        with contextlib.suppress(RedisError, OSError):
+            status = await store.get("phase2")
+            if check(status):
+                return status
+        assert time.monotonic() < deadline, f"timed out waiting for {what}; last: {status}"
+        await asyncio.sleep(0.05)
+
+
+async def snapshot(
+    store: RolloutStore, timeout_s: float = 20.0
+) -> tuple[RolloutStatus, list[dict[str, Any]]]:
+    """Rollout phase2's status and its history, read consistently (the history's last entry is
+    the status's version); a Redis that is restarting is retried."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(RedisError, OSError):
+            history = await store.history("phase2")
+            status = await store.get("phase2")
+            if history and history[-1]["version"] == status.version:
+                return status, history
+        assert time.monotonic() < deadline, "no consistent status and history"
+        await asyncio.sleep(0.05)
+
+
+# The path of a rollout of steps [10, 50, 100] that the controller promotes after `start`.
+PROMOTED_PATH = [
+    ("operator", "start", 0),
+    ("controller", "advance", 1),
+    ("controller", "advance", 2),
+    ("controller", "promote", 2),
+]
+
+
+def moves(history: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    """(actor, action, step) of every history entry: the path the rollout took."""
+    return [(e["actor"], e["action"], e["step"]) for e in history]

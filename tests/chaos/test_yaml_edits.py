@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import pytest
 
 from lvm_gateway.serve import validate
 from tests.chaos.kit import SCALE, Load, Scenario
-from tests.integration.gateway_env import Gateway, gateway, model_servers
+from tests.integration.gateway_env import Gateway, gateway
 
 pytestmark = pytest.mark.integration
 
@@ -72,14 +72,6 @@ def reloads(gw: Gateway) -> tuple[float, float]:
     )
 
 
-@pytest.fixture(scope="module")
-def stubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with model_servers(
-        {"phase1": ["stub"], "phase2": ["stub"]}, tmp_path_factory.mktemp("stubs")
-    ) as urls:
-        yield urls
-
-
 def test_broken_yaml_edits_under_load(
     scenario: Scenario, stubs: dict[str, str], redis_url: str, tmp_path: Path
 ) -> None:
@@ -91,7 +83,10 @@ def test_broken_yaml_edits_under_load(
         probe.write_bytes(breaks(good))
         scenario.check(f"validate refuses the {kind}", bool(validate(str(probe))))
 
-    with gateway(good.decode(), redis_url, tmp_path) as gw, Load([gw.url]) as load:
+    with (
+        gateway(good.decode(), redis_url, tmp_path) as gw,
+        scenario.track(Load([gw.url])) as load,
+    ):
         weight = 0
         expected = [1.0, 0.0]  # the start-up load counts as one successful reload
 
@@ -129,7 +124,6 @@ def test_broken_yaml_edits_under_load(
             gw.wait_until(lambda t=target: served_probe() == t, 5)  # type: ignore[misc]
             scenario.check("good edit applied, fresh again", gw.metric("lvmgw_config_stale") == 0)
 
-    scenario.count(load)
     scenario.note(
         f"{SCALE.broken_edits} broken + {SCALE.broken_edits} good edits; reloads_total "
         f"success {expected[SUCCESS]:g} (1 at start) / failure {expected[FAILURE]:g}, as applied"
