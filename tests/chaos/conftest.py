@@ -48,4 +48,4 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if ROWS:
         mode = "full, LVM_CHAOS=full" if FULL else "bounded; `make chaos` runs it in full"
         terminalreporter.section(f"chaos suite ({mode})")
-        terminalreporter.write_line(table(ROWS))
+        terminalreporter.write_line(table(sorted(ROWS)))  # by scenario number

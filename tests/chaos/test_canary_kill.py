@@ -19,14 +19,17 @@ from tests.rolloutkit import rollout_store, write_policy
 
 pytestmark = pytest.mark.integration
 
+CIRCUIT = {0: "closed", 1: "open", 2: "half-open"}  # lvmgw_circuit_state
+
 
 async def test_canary_sigkilled_at_half(
     scenario: Scenario, stubs: dict[str, str], redis_url: str, tmp_path: Path
 ) -> None:
     """3. Canary (lvm-serve) SIGKILLed under load at 50%."""
     port = free_port()
+    # 40 ms per answer: the kill finds requests in flight on the canary, not only idle ones.
     canary = start(
-        ["lvm-serve", "--profile", "stub", "--port", str(port)],
+        ["lvm-serve", "--profile", "stub", "--latency-ms", "40", "--port", str(port)],
         health_url=f"http://127.0.0.1:{port}/health",
         log=tmp_path / "canary.log",
     )
@@ -62,13 +65,11 @@ async def test_canary_sigkilled_at_half(
 
     after_start = [e for e in history if e["version"] > 2]
     what = (
-        f"{status.phase} at {status.weight:g}% ({status.reason})"
-        if after_start
-        else "nothing: held at 50%"
+        f"{status.phase} at {status.weight:g}% ({status.reason})" if after_start else "held at 50%"
     )
     scenario.note(
         f"at 50%: {dict(before)}; after the kill {dict(dead)}, {fallbacks:g} fallbacks, "
-        f"canary circuit {circuit:g}; the controller did {what}"
+        f"canary circuit {CIRCUIT[int(circuit)]}; controller: {what}"
     )
     scenario.check("canary served before the kill", before["phase2"] > 0, before)
     scenario.check("no client-visible error", load.failed == 0, load.errors)

@@ -110,7 +110,10 @@ async def test_redis_sigkilled_mid_rollout(
         f"meanwhile {dict(outage)}; then {done.phase} at version {done.version}"
     )
     scenario.check("no failed request while Redis was down", failed_in_outage == 0, load.errors)
-    scenario.check("traffic kept both variants at 50%", set(outage) == {"phase1", "phase2"})
+    # The weights of the step it was killed at kept routing: 50% here, unless a starved
+    # machine let the controller reach 100% before the kill.
+    split = {"phase1", "phase2"} if before.weight < 100 else {"phase2"}
+    scenario.check("traffic kept the last weights", set(outage) == split, outage)
     scenario.check("history kept whole", kept[: len(history)] == history, kept)
     scenario.check(
         "status kept (phase, step, weight, version)",

@@ -1,9 +1,10 @@
 """Scenario 4: one of two gateway replicas (the controller's lease holder) is SIGKILLed.
 
-The load generator plays the load balancer in front of the replicas: requests alternate between
-them, and a request whose connection fails before any answer (refused, reset, closed mid-way) is
-retried on the other replica. `/infer` is a pure prediction, so a retry is safe; those retries
-are counted in the row's notes and are not failures. Any other answer than 200 is a failure.
+Two load generators: one plays a load balancer in front of both replicas (requests alternate
+between them; a request whose connection fails before any answer, refused, reset or closed
+mid-way, is retried on the other replica: `/infer` is a pure prediction, so a retry is safe;
+retries are counted in the row's notes, not as failures), the other sends to the survivor alone
+and never retries. For both, any answer other than 200 is a failure.
 """
 
 from __future__ import annotations
@@ -72,19 +73,21 @@ async def test_one_of_two_replicas_sigkilled(
                 # An answer of the victim's, to be scored on the survivor after the kill.
                 rid, token, vector = await asyncio.to_thread(sampled_answer, victim)
                 await asyncio.sleep(0.5)  # records reach Redis within ~100 ms
-                before, history = await snapshot(store)
-                stop(victim.proc, sig=signal.SIGKILL)
-                killed_at = time.time()
-                await asyncio.sleep(SCALE.replica_dead_s)
-                feedback = await asyncio.to_thread(
-                    survivor.http.post,
-                    "/v1/feedback",
-                    content=orjson.dumps({"request_id": rid, "clicked_vector": vector}),
-                    headers={"X-Feedback-Token": token},
-                )
-                done = await until_status(
-                    store, lambda s: s.phase != Phase.PROGRESSING, 90, "the rollout to finish"
-                )
+                # Clients of the survivor alone, without any retry, must not notice the kill.
+                with scenario.track(Load([survivor.url], threads=1)) as direct:
+                    before, history = await snapshot(store)
+                    stop(victim.proc, sig=signal.SIGKILL)
+                    killed_at = time.time()
+                    await asyncio.sleep(SCALE.replica_dead_s)
+                    feedback = await asyncio.to_thread(
+                        survivor.http.post,
+                        "/v1/feedback",
+                        content=orjson.dumps({"request_id": rid, "clicked_vector": vector}),
+                        headers={"X-Feedback-Token": token},
+                    )
+                    done = await until_status(
+                        store, lambda s: s.phase != Phase.PROGRESSING, 90, "the rollout to finish"
+                    )
                 new_leader = (await store.client.get(store.keys.leader)).decode()
                 served = load.served_since(killed_at, survivor.url)
             final = (await snapshot(store))[1]
@@ -93,9 +96,11 @@ async def test_one_of_two_replicas_sigkilled(
     scenario.note(
         f"killed the lease holder at {before.weight:g}% (version {before.version}); the "
         f"survivor served {sum(served.values())} requests after it, {load.retried} requests "
-        f"retried on it; its controller took the lease and {done.phase} the rollout"
+        f"retried on it, {direct.requests} more sent to it alone; its controller took the "
+        f"lease and {done.phase} the rollout"
     )
-    scenario.check("no failed request", load.failed == 0, load.errors)
+    scenario.check("no failed request (both, retried)", load.failed == 0, load.errors)
+    scenario.check("no failed request (survivor only)", direct.failed == 0, direct.errors)
     scenario.check("the survivor kept serving", sum(served.values()) > 0, served)
     scenario.check("history kept whole", final[: len(history)] == history, final)
     scenario.check(
