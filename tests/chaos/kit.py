@@ -1,7 +1,9 @@
-"""What every chaos scenario shares: its scale, its table row, a load generator, a policy file.
+"""What every chaos scenario shares: its scale, its table row, a load generator, waits on the
+rollout's status and history.
 
-`make test` runs the suite bounded (a few seconds of load per scenario, ~5 edits, one race
-round); `make chaos` sets LVM_CHAOS=full for longer outages, more edits and more rounds. Each
+`make test` runs the suite bounded (seconds of outage per scenario, 5 broken edits, 3 race
+rounds: ~35 s); `make chaos` sets LVM_CHAOS=full for longer outages, more edits, more rounds
+and a race of real `rolloutctl` processes. Each
 scenario fills one `Scenario` row (requests, failed, state checks passed, time, notes); the
 rows are printed as one table at the end of the run (conftest.py).
 """

@@ -48,7 +48,7 @@ def sampled_answer(gw: Gateway) -> tuple[str, str, list[float]]:
             return None
         return r.headers["x-request-id"], token, r.json()["predicted_vector"]
 
-    return wait(recorded, 30, "a sampled answer", every_s=0)  # type: ignore[no-any-return]
+    return wait(recorded, 30, "a sampled answer", every_s=0)
 
 
 async def test_one_of_two_replicas_sigkilled(
@@ -105,7 +105,7 @@ async def test_one_of_two_replicas_sigkilled(
     scenario.check("history kept whole", final[: len(history)] == history, final)
     scenario.check(
         "the victim's recorded answer scored on the survivor",
-        feedback.status_code == 202 and feedback.json()["recorded"],
+        feedback.status_code == 202 and bool(feedback.json()["recorded"]),
         feedback.text,
     )
     scenario.check(

@@ -121,7 +121,7 @@ def test_broken_yaml_edits_under_load(
             scenario.check(f"{kind}: flagged stale", gw.metric("lvmgw_config_stale") == 1)
             edit(finish, SUCCESS)
             target = "phase2" if weight == 100 else "phase1"
-            gw.wait_until(lambda t=target: served_probe() == t, 5)  # type: ignore[misc]
+            gw.wait_until(lambda t=target: served_probe() == t, 5)
             scenario.check("good edit applied, fresh again", gw.metric("lvmgw_config_stale") == 0)
 
     scenario.note(
