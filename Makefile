@@ -26,7 +26,7 @@ test: $(STAMP)
 # The chaos suite in full (make test runs it bounded): real processes SIGKILLed under load,
 # broken policy edits, operators racing; prints one table row per scenario (README "Chaos").
 chaos: $(STAMP)
-	LVM_CHAOS=full $(BIN)/python -m pytest -q -s tests/chaos
+	LVM_CHAOS=full $(BIN)/python -m pytest -q -s --timeout 900 tests/chaos
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
