@@ -43,6 +43,9 @@ VERBS: dict[str, Callable[[RolloutStore, str, str], Awaitable[RolloutStatus]]] =
 # Half the racers act the instant the barrier opens, the others spread over this many seconds,
 # so each round sees head-on collisions and a run of successive moves with the controller's.
 JITTER_S = 0.5
+# rolloutctl processes alive at once: each spends ~1 s of CPU starting Python, so 100 at once on
+# two cores starve Redis past rolloutctl's 1 s connect timeout; 20 still overlap their writes.
+PROCESS_SLOTS = 20
 # Mostly advances: the verb that could skip a step when two race.
 MIX = {"advance": 40, "pause": 15, "resume": 15, "rollback": 15, "start": 15}
 
@@ -70,12 +73,13 @@ async def racer(
         await client.aclose()
 
 
-async def rolloutctl(url: str, prefix: str, verb: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        str(BIN / "rolloutctl"), "--redis", url, "--prefix", prefix, verb, "phase2",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await proc.communicate()
+async def rolloutctl(url: str, prefix: str, verb: str, slots: asyncio.Semaphore) -> str:
+    async with slots:
+        proc = await asyncio.create_subprocess_exec(
+            str(BIN / "rolloutctl"), "--redis", url, "--prefix", prefix, verb, "phase2",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await proc.communicate()
     if proc.returncode == 0:
         return "ok"
     text = err.decode()
@@ -168,8 +172,9 @@ async def test_concurrent_rolloutctl_races(
                 await asyncio.sleep(0.2)  # the controller's turn
             if SCALE.race_processes:
                 verbs = rng.choices(list(MIX), weights=list(MIX.values()), k=SCALE.race_processes)
+                slots = asyncio.Semaphore(PROCESS_SLOTS)
                 results = await asyncio.gather(
-                    *(rolloutctl(redis_url, store.prefix, v) for v in verbs)
+                    *(rolloutctl(redis_url, store.prefix, v, slots) for v in verbs)
                 )
                 outcomes.update(zip(verbs, (s.split(":")[0] for s in results), strict=True))
                 errors += [s for s in results if s.startswith("error")]
