@@ -36,7 +36,8 @@ class Scale:
     """How hard each scenario pushes; bounded (make test) or full (make chaos)."""
 
     broken_edits: int  # scenario 1: broken YAML edits, each followed by a good one
-    redis_outage_s: float  # scenario 2: how long Redis stays dead
+    redis_kill_steps: tuple[int, ...]  # scenario 2: the rollout steps Redis is killed at
+    redis_outage_s: float  # scenario 2: how long Redis stays dead each time
     canary_dead_s: float  # scenario 3: load kept on after the canary died
     replica_dead_s: float  # scenario 4: load kept on the survivor
     race_rounds: int  # scenario 5: rounds of 100 concurrent in-process callers
@@ -47,7 +48,8 @@ class Scale:
 SCALE = (
     Scale(
         broken_edits=25,
-        redis_outage_s=6.0,
+        redis_kill_steps=(0, 1, 2),
+        redis_outage_s=4.0,
         canary_dead_s=12.0,
         replica_dead_s=8.0,
         race_rounds=20,
@@ -57,6 +59,7 @@ SCALE = (
     if FULL
     else Scale(
         broken_edits=5,
+        redis_kill_steps=(1,),
         redis_outage_s=2.0,
         canary_dead_s=3.0,
         replica_dead_s=3.0,
