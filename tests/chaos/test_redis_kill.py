@@ -139,6 +139,7 @@ async def test_redis_sigkilled_mid_rollout(
                 )
                 await asyncio.to_thread(load.wait_for, 20, time.time())
                 final = (await snapshot(store))[1]
+                log = gw.log.read_text()
     finally:
         server.kill()
         server.wait()
@@ -173,3 +174,6 @@ async def test_redis_sigkilled_mid_rollout(
     versions = [e["version"] for e in final]
     scenario.check("versions unbroken", versions == list(range(1, len(final) + 1)), versions)
     scenario.check("no failed request at all", load.failed == 0, load.errors)
+    # Once per outage, not once per controller tick (it used to log 10 warnings a second).
+    warnings = log.count(": Redis error (")
+    scenario.check("the controller warned once per outage", warnings == len(kills), warnings)
