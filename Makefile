@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-tmd test lint bench fmt clean schema
+.PHONY: demo demo-tmd test chaos lint bench fmt clean schema
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -22,6 +22,11 @@ demo-tmd: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# The chaos suite in full (make test runs it bounded): real processes SIGKILLed under load,
+# broken policy edits, operators racing; prints one table row per scenario (README "Chaos").
+chaos: $(STAMP)
+	LVM_CHAOS=full $(BIN)/python -m pytest -q -s --timeout 900 tests/chaos
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

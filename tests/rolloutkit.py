@@ -20,9 +20,11 @@ def write_policy(
     prefix: str,
     stable_url: str = "http://127.0.0.1:9",
     canary_url: str = "http://127.0.0.1:9",
+    fallback: bool = False,
     **rollout: Any,
 ) -> Path:
-    """A policy with phase1 (stable) and phase2 (canary) on /infer, driven by rollout `phase2`."""
+    """A policy with phase1 (stable) and phase2 (canary) on /infer, driven by rollout `phase2`;
+    with `fallback`, a failing canary is answered by phase1."""
     doc = {
         "redis_prefix": prefix,
         "variants": {
@@ -32,7 +34,7 @@ def write_policy(
         "routes": [
             {
                 "path": "/infer",
-                "fallback": False,
+                "fallback": fallback,
                 "policy": {
                     "canary": {
                         "stable": "phase1",

@@ -28,6 +28,8 @@ from lvm_gateway.rollout.transitions import ACTIVE, align, auto_start
 
 log = logging.getLogger(__name__)
 
+_OUTAGE_RETRY_S = 0.5
+
 
 async def reconcile_rollout(
     store: RolloutStore, name: str, identity: str, lease: str | None, now: float
@@ -111,6 +113,8 @@ async def run_controller(
     lease = Lease(client, prefix, identity, lease_seconds)
     due: dict[str, float] = {}
     leading = False
+    # While Redis fails: one warning, not one per tick (10 a second), and a slower retry.
+    outage_since: float | None = None
     try:
         while not stop.is_set():
             try:
@@ -124,9 +128,21 @@ async def run_controller(
             except NotLeaderError:
                 lease.lost()
             except (RedisError, OSError) as exc:
-                log.warning("controller %s: Redis error: %s", identity, exc)
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    log.warning(
+                        "controller %s: Redis error (%s); retrying every %gs",
+                        identity, exc, _OUTAGE_RETRY_S,
+                    )  # fmt: skip
                 lease.lost()
-            await _wait(stop, tick_seconds)
+            else:
+                if outage_since is not None:
+                    log.info(
+                        "controller %s: Redis answers again after %.1fs",
+                        identity, time.monotonic() - outage_since,
+                    )  # fmt: skip
+                    outage_since = None
+            await _wait(stop, tick_seconds if outage_since is None else _OUTAGE_RETRY_S)
     finally:
         with contextlib.suppress(RedisError, OSError):
             await lease.release()
