@@ -65,6 +65,10 @@ class DataPlaneLike(Protocol):
     @property
     def connected(self) -> bool: ...
     @property
+    def phases(self) -> Mapping[str, str]: ...
+    @property
+    def notifications(self) -> Mapping[tuple[str, str, str], int]: ...
+    @property
     def recorder(self) -> RecorderLike: ...
     async def start(self, config: Config) -> None: ...
     async def on_config(self, config: Config) -> None: ...
@@ -91,7 +95,10 @@ class GatewayApp:
         self.registry = registry or CollectorRegistry()
         self.metrics = MetricsRecorder(self.registry)
         self.rollout_collector = RolloutCollector(
-            lambda: self.dataplane.weights, lambda: self.dataplane.connected
+            lambda: self.dataplane.weights,
+            lambda: self.dataplane.connected,
+            lambda: self.dataplane.phases,
+            lambda: self.dataplane.notifications,
         )
         self.registry.register(self.rollout_collector)
         self.pool = UpstreamPool()

@@ -24,16 +24,28 @@ LATENCY_BUCKETS = (
 CIRCUIT_STATES = {"closed": 0, "open": 1, "half_open": 2}
 
 
+# Every rollout phase, so `lvmgw_rollout_phase` has a series per phase (1 for the current one)
+# and alerts can match `phase="RolledBack"` without the series appearing only on the change.
+ROLLOUT_PHASES = ("Pending", "Progressing", "Paused", "Promoted", "RolledBack")
+
+
 class RolloutCollector(Collector):
-    """Read at scrape time: the weights this process routes by and whether Redis is reachable."""
+    """Read at scrape time: the weights this process routes by, whether Redis is reachable,
+    each rollout's phase, and the webhook deliveries of this process's controller."""
 
     def __init__(
-        self, weights: Callable[[], Mapping[str, float]], connected: Callable[[], bool]
+        self,
+        weights: Callable[[], Mapping[str, float]],
+        connected: Callable[[], bool],
+        phases: Callable[[], Mapping[str, str]] = dict,
+        notifications: Callable[[], Mapping[tuple[str, str, str], int]] = dict,
     ) -> None:
         self.weights = weights
         self.connected = connected
+        self.phases = phases
+        self.notifications = notifications
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         family = GaugeMetricFamily(
             "lvmgw_rollout_canary_weight_ratio",
             "Share of users routed to each rollout's canary by this process (0-1).",
@@ -47,6 +59,24 @@ class RolloutCollector(Collector):
             "1 while this process reaches Redis; 0 means it serves with the last known weights.",
             value=1.0 if self.connected() else 0.0,
         )
+        phase = GaugeMetricFamily(
+            "lvmgw_rollout_phase",
+            "1 for each rollout's current phase (as this process last read it), else 0.",
+            labels=["rollout", "phase"],
+        )
+        for name, current in sorted(self.phases().items()):
+            for p in ROLLOUT_PHASES:
+                phase.add_metric([name, p], 1.0 if p == current else 0.0)
+        yield phase
+        sent = CounterMetricFamily(
+            "lvmgw_notifications",
+            "Webhook notifications by target, event and outcome (delivered, retried, failed, "
+            "dropped); counted by the process whose controller held the lease.",
+            labels=["target", "event", "outcome"],
+        )
+        for (target, event, outcome), n in sorted(self.notifications().items()):
+            sent.add_metric([target, event, outcome], float(n))
+        yield sent
 
 
 class RecordsCollector(Collector):

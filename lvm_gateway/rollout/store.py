@@ -86,10 +86,15 @@ class RolloutStore:
     # -- specs -------------------------------------------------------------------------------
 
     async def register_specs(self, config: Config) -> None:
-        """Publish the YAML's rollouts so rolloutctl and the controller work without --config."""
-        if not config.rollouts:
-            return
+        """Publish the YAML's rollouts so rolloutctl and the controller work without --config,
+        and its webhooks, each with the time it was first seen (where its notifications start)."""
         pipe = self.client.pipeline(transaction=True)
+        targets = config.spec.notifications
+        pipe.set(
+            self.keys.notify("targets"), json.dumps([t.model_dump(mode="json") for t in targets])
+        )
+        for target in targets:
+            pipe.hsetnx(self.keys.notify("since"), target.key, int(time.time() * 1000))
         for name, spec in config.rollouts.items():
             route = config.routes.get(spec.route)
             doc = {

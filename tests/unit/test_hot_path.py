@@ -50,6 +50,8 @@ class FakeControlPlane:
     weights: Mapping[str, float] = field(default_factory=dict)
     shadow: Mapping[str, float] = field(default_factory=dict)
     connected: bool = True
+    phases: Mapping[str, str] = field(default_factory=dict)
+    notifications: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
     recorder: FakeRecorder = field(default_factory=FakeRecorder)
     configs: list[Config] = field(default_factory=list)
 
