@@ -11,11 +11,12 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
 
-from lvm_gateway.errors import RedisUnavailableError
+from lvm_gateway.errors import RedisUnavailableError, RedisUrlError
 
 
 def open_client(url: str, timeout_s: float = 2.0) -> aioredis.Redis:
@@ -94,5 +95,34 @@ def ensure_embedded(home: Path | None = None, timeout_s: float = 5.0) -> str:
     raise RedisUnavailableError(f"embedded redis-server did not start; see {home / 'redis.log'}")
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def check_redis_url(url: str) -> str:
+    """`url` if redis-py can use it; otherwise a RedisUrlError saying what is wrong
+    (instead of a ValueError traceback from deep inside the client)."""
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        schemes = ", ".join(f"{s}://" for s in REDIS_SCHEMES)
+        raise RedisUrlError(f"{redact(url)!r} is not a Redis URL (use {schemes})")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise RedisUrlError(f"{redact(url)!r} names no host")
+    try:
+        parts.port  # noqa: B018 - parsing it raises for a bad port
+    except ValueError:
+        raise RedisUrlError(f"{redact(url)!r} has an invalid port") from None
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL with its password (if any) replaced by ***, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 def resolve_redis_url(explicit: str | None) -> str:
-    return explicit or os.environ.get("REDIS_URL") or ensure_embedded()
+    return check_redis_url(explicit or os.environ.get("REDIS_URL") or ensure_embedded())

@@ -21,19 +21,21 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.exceptions import RedisError
-from rich.console import Console, Group
+from rich.console import Group, RenderableType
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
+from lvm_gateway import termout
 from lvm_gateway.contract.rollout import RolloutStatus
-from lvm_gateway.errors import ConfigError, RedisUnavailableError, RolloutError
-from lvm_gateway.redisconn import open_client, resolve_redis_url
+from lvm_gateway.errors import ConfigError, RedisUnavailableError, RedisUrlError, RolloutError
+from lvm_gateway.redisconn import open_client, redact, resolve_redis_url
 from lvm_gateway.rollout import ops
 from lvm_gateway.rollout.controller import reconcile_once, run_controller
 from lvm_gateway.rollout.store import RolloutStore
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True)  # one-line reasons
+out = termout.console()
+err = termout.console(stderr=True)
 
 _PHASE_STYLE = {
     "Pending": "dim",
@@ -53,11 +55,31 @@ def _fmt(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:.4g}{unit}"
 
 
-def lanes_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(show_edge=False, pad_edge=False, title="per lane (canary vs stable)")
+def _lane_order(row: dict[str, Any]) -> tuple[int, str]:
+    """lane_2 before lane_10: by the number in the name, then the name."""
+    digits = "".join(c for c in str(row["lane"]) if c.isdigit())
+    return (int(digits) if digits else -1, str(row["lane"]))
+
+
+def step_text(step: int, steps: list[Any]) -> str:
+    """The one step numbering every view uses: 1-based, of the total ("2/4 (20%)")."""
+    if step < 0:
+        return "-"
+    value = steps[step] if step < len(steps) else None
+    shown = "shadow" if value == "shadow" else f"{value:g}%" if value is not None else "?"
+    return f"{step + 1}/{len(steps)} ({shown})"
+
+
+def lanes_table(rows: list[dict[str, Any]], limit: int | None = None) -> Table:
+    """Per lane, in lane order; with `limit`, only that many lanes, the worst deltas first."""
+    title = "per lane (canary vs stable)"
+    if limit is not None and len(rows) > limit:
+        title = f"per lane: the {limit} worst of {len(rows)}"
+        rows = sorted(rows, key=lambda r: -(r["delta"] or 0.0))[:limit]
+    table = Table(show_edge=False, pad_edge=False, title=title)
     for col in ("lane", "requests", "errors", "feedback", "hit5", "stable hit5", "delta"):
         table.add_column(col, justify="left" if col == "lane" else "right")
-    for r in rows:
+    for r in sorted(rows, key=_lane_order):
         table.add_row(
             r["lane"], str(r["requests"]), str(r["errors"]), str(r["feedback"]),
             _fmt(r["hit5"]), _fmt(r["stable_hit5"]), _fmt(r["delta"]),
@@ -65,23 +87,25 @@ def lanes_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-def status_table(doc: dict[str, Any], lanes: bool = False) -> Group:
+def status_table(doc: dict[str, Any], lanes: bool = False, lane_limit: int | None = None) -> Group:
+    """One rollout's status. Every value is a Text: a reason like "[lane 3] p95 spike" prints
+    as written, never as rich markup."""
     phase = doc["phase"]
     head = Table.grid(padding=(0, 2))
-    head.add_column(style="bold")
-    head.add_column()
-    steps = ", ".join(str(s) if s == "shadow" else f"{s:g}" for s in doc["steps"])
-    step = doc["step"]
+    head.add_column(style="bold", no_wrap=True)
+    head.add_column(overflow="fold")
+    ladder = " -> ".join(str(s) if s == "shadow" else f"{s:g}" for s in doc["steps"])
     in_step = doc["time_in_step"]
-    head.add_row("rollout", f"[bold]{doc['name']}[/]  {doc['stable']} -> {doc['canary']}")
-    head.add_row("phase", f"[{_PHASE_STYLE.get(phase, '')}]{phase}[/]  {doc['reason']}")
-    head.add_row("step", f"{step + 1}/{len(doc['steps'])} of [{steps}]" if step >= 0 else "-")
-    head.add_row("weight", f"{doc['weight']:g}%" + (f"  mirror {doc['mirror']:g}%"
-                                                     if doc["mirror"] else ""))  # fmt: skip
+    head.add_row("rollout", Text.assemble((doc["name"], "bold"),
+                                          f"  {doc['stable']} -> {doc['canary']}"))  # fmt: skip
+    head.add_row("phase", Text.assemble((phase, _PHASE_STYLE.get(phase, "")), "  ", doc["reason"]))
+    head.add_row("step", Text(f"{step_text(doc['step'], doc['steps'])} of {ladder}"))
+    head.add_row("weight", Text(f"{doc['weight']:g}%" + (f"  mirror {doc['mirror']:g}%"
+                                                          if doc["mirror"] else "")))  # fmt: skip
     head.add_row("time in step", "-" if in_step is None else f"{in_step:.0f}s")
     head.add_row("failures", f"{doc['failures']}/{doc['thresholds']['failure_limit']}")
     head.add_row("version", str(doc["version"]))
-    head.add_row("next", doc["next"])
+    head.add_row("next", Text(doc["next"]))
     parts: list[Any] = [head]
     if doc["metrics"]:
         metrics = Table(show_edge=False, pad_edge=False)
@@ -96,24 +120,47 @@ def status_table(doc: dict[str, Any], lanes: bool = False) -> Group:
                 f"{m['samples']}/{m['needed']}",
                 "-" if m["success"] is None else f"{op} {m['success']:g}",
                 "-" if m["rollback"] is None else f"{rb} {m['rollback']:g}",
-                f"[{_VERDICT_STYLE[m['verdict']]}]{m['verdict']}[/]",
+                Text(m["verdict"], _VERDICT_STYLE[m["verdict"]]),
             )
         parts.append(metrics)
     if lanes and doc["lanes"]:
-        parts.append(lanes_table(doc["lanes"]))
+        parts.append(lanes_table(doc["lanes"], lane_limit))
     return Group(*parts, "")
 
 
-def _status_line(status: RolloutStatus) -> str:
-    return (
-        f"{status.name}: {status.phase} step {status.step} weight {status.weight:g}% "
-        f"(version {status.version}) - {status.reason}"
+def _status_line(status: RolloutStatus, steps: list[Any]) -> Text:
+    return Text(
+        f"{status.name}: {status.phase} step {step_text(status.step, steps)} weight "
+        f"{status.weight:g}% (version {status.version}) - {status.reason}"
     )
+
+
+async def steps_of(store: RolloutStore, name: str) -> list[Any]:
+    return list((await store.registered(name)).spec.model_dump(mode="json")["steps"])
+
+
+async def controller_line(store: RolloutStore) -> Text:
+    """Who holds the controller lease; without a holder nothing advances or rolls back."""
+    holder = await store.client.get(store.keys.leader)
+    if holder is None:
+        return Text.assemble(
+            ("controller: not running", "bold red"),
+            " (no live lease: start `lvm-gateway serve` or `rolloutctl controller`)",
+        )
+    identity = (holder.decode() if isinstance(holder, bytes) else holder).split(":", 1)[-1]
+    return Text(f"controller: {identity}", "dim")
 
 
 async def _describe_all(store: RolloutStore, name: str | None) -> list[dict[str, Any]]:
     names = [name] if name else await store.names()
     return [await ops.describe(store, n) for n in names]
+
+
+async def _status_view(store: RolloutStore, args: argparse.Namespace) -> list[RenderableType]:
+    docs = await _describe_all(store, args.name)
+    if not docs:
+        return [Text("no rollouts registered")]
+    return [await controller_line(store), *(status_table(d, args.lanes) for d in docs)]
 
 
 async def cmd_status(store: RolloutStore, args: argparse.Namespace) -> int:
@@ -122,17 +169,40 @@ async def cmd_status(store: RolloutStore, args: argparse.Namespace) -> int:
         print(json.dumps(docs[0] if args.name else docs, indent=2))
         return 0
     if not args.watch:
-        docs = await _describe_all(store, args.name)
-        tables = [status_table(d, args.lanes) for d in docs]
-        out.print(Group(*tables) if docs else "no rollouts registered")
+        out.print(Group(*await _status_view(store, args)))
         return 0
+    view: list[RenderableType] = []
     with Live(console=out, refresh_per_second=4) as live:
         while True:
-            docs = await _describe_all(store, args.name)
-            stamp = time.strftime("%H:%M:%S")
-            tables = [status_table(d, args.lanes) for d in docs]
-            live.update(Group(f"[dim]{stamp}  (Ctrl-C to stop)[/]", *tables))
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            try:
+                view = await _status_view(store, args)
+                line = Text(f"{stamp}  (Ctrl-C to stop)", "dim")
+            except (RedisError, OSError) as exc:
+                # A blip must not end the watch: show the last view under a warning, retry.
+                line = Text(f"{stamp}  Redis unreachable ({exc}); retrying", "bold red")
+            live.update(Group(line, *view))
             await asyncio.sleep(0.5)
+
+
+def history_lines(events: list[dict[str, Any]], steps: list[Any], wide: bool) -> Group:
+    """One event per line; on a terminal narrower than `wide`, the reason on its own
+    indented line below, so it reads at 80 columns instead of folding into a narrow column."""
+    lines: list[Text] = []
+    for e in events:
+        when = e["at"][:19].replace("T", " ")  # UTC, to the second; --json has milliseconds
+        head = Text.assemble(
+            (when, "dim"), "  ", (f"{e['actor']:<10}", ""), " ", (f"{e['action']:<10}", "bold"),
+            " ", (e["phase"], _PHASE_STYLE.get(e["phase"], "")),
+            f"  step {step_text(e['step'], steps)}  weight {e['weight']:g}%",
+        )  # fmt: skip
+        if wide:
+            lines.append(Text.assemble(head, "  ", e["reason"]))
+        else:
+            lines.append(head)
+            if e["reason"]:
+                lines.append(Text.assemble("    ", e["reason"]))
+    return Group(*lines)
 
 
 async def cmd_history(store: RolloutStore, args: argparse.Namespace) -> int:
@@ -140,16 +210,10 @@ async def cmd_history(store: RolloutStore, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(events, indent=2))
         return 0
-    table = Table(title=f"history of {args.name}")
-    for col in ("at", "actor", "action", "phase", "step", "weight", "reason"):
-        table.add_column(col)
-    for e in events:
-        when = e["at"][11:23]  # the time of day; --json has the full timestamp
-        table.add_row(
-            when, e["actor"], e["action"], e["phase"], str(e["step"]), f"{e['weight']:g}%",
-            e["reason"],
-        )  # fmt: skip
-    out.print(table)
+    steps = await steps_of(store, args.name)
+    wide = not out.is_terminal or out.width >= 160
+    out.print(Text(f"history of {args.name} (UTC)", "bold"))
+    out.print(history_lines(events, steps, wide))
     return 0
 
 
@@ -179,7 +243,8 @@ async def cmd_controller(store: RolloutStore, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    err.print(f"controller {identity} running (prefix {store.prefix}); Ctrl-C to stop")
+    err.print(Text(f"controller {identity} running (Redis {redact(args.redis_url)}, prefix "
+                   f"{store.prefix}); Ctrl-C to stop"))  # fmt: skip
     await run_controller(
         args.redis_url, store.prefix, stop, identity, lease_seconds=args.lease_seconds
     )
@@ -188,7 +253,9 @@ async def cmd_controller(store: RolloutStore, args: argparse.Namespace) -> int:
 
 def _verb(fn: Callable[[RolloutStore, argparse.Namespace], Awaitable[RolloutStatus]]) -> Any:
     async def run(store: RolloutStore, args: argparse.Namespace) -> int:
-        out.print(_status_line(await fn(store, args)))
+        status = await fn(store, args)
+        steps = await steps_of(store, status.name)
+        out.print(_status_line(status, steps))
         return 0
 
     return run
@@ -210,7 +277,7 @@ VERBS: dict[str, Callable[[RolloutStore, argparse.Namespace], Awaitable[int]]] =
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rolloutctl", description="drive rollouts held in Redis")
+    p = termout.parser("rolloutctl", "drive rollouts held in Redis")
     p.add_argument("--redis", default=None, help="Redis URL (default: $REDIS_URL, else embedded)")
     p.add_argument("--config", default=None, help="policy YAML: registers its rollouts first")
     p.add_argument("--prefix", default=None, help="Redis key prefix (default: the config's)")
@@ -241,7 +308,7 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("controller", help="run the rollout controller")
     c.add_argument("--once", action="store_true", help="one reconcile pass, then exit")
     c.add_argument("--lease-seconds", type=float, default=3.0, help="leader lease (failover time)")
-    return p
+    return termout.show_defaults(p)
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -280,9 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     except RolloutError as exc:
         err.print(f"rolloutctl: {exc}", markup=False)
         return 1
+    except RedisUrlError as exc:
+        err.print(f"rolloutctl: --redis: {exc}", markup=False)
+        return 2
     except (RedisUnavailableError, RedisError, OSError) as exc:
-        err.print(f"rolloutctl: Redis unreachable at {args.redis or 'default'}: {exc}",
-                  markup=False)  # fmt: skip
+        where = redact(args.redis) if args.redis else "default"
+        err.print(f"rolloutctl: Redis unreachable at {where}: {exc}", markup=False)
         return 3
 
 

@@ -33,7 +33,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -45,6 +44,7 @@ from lvm_gateway.config.spec import NotificationSpec, NotifyEvent
 from lvm_gateway.contract.keys import HISTORY_MAXLEN, RedisKeys
 from lvm_gateway.contract.rollout import Actor, Phase
 from lvm_gateway.errors import NotLeaderError
+from lvm_gateway.logfmt import iso_time
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +87,6 @@ def event_of(action: str, phase: str) -> NotifyEvent | None:
     return _BY_ACTION.get(action)
 
 
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -119,7 +115,7 @@ def payload(rollout: str, entry: Entry, steps: int | None) -> dict[str, Any]:
         "steps": steps,
         "weight": float(f.get("weight", "0")),
         "reason": f.get("reason", ""),
-        "at": iso(float(f.get("at", "0"))),
+        "at": iso_time(float(f.get("at", "0"))),
         "actor": f.get("actor"),
         "identity": f.get("identity"),
         "stable": f.get("stable") or None,

@@ -15,7 +15,6 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -31,6 +30,7 @@ from lvm_gateway.errors import (
     ThresholdError,
     UnknownRolloutError,
 )
+from lvm_gateway.logfmt import iso_time
 
 _TRANSITION = """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
@@ -55,10 +55,6 @@ class Registered:
     spec: RolloutSpec
     stable: str | None
     canary: str | None
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _text(value: bytes | str) -> str:
@@ -294,7 +290,7 @@ class RolloutStore:
             out.append(
                 {
                     "id": _text(entry_id),
-                    "at": _iso(ts),
+                    "at": iso_time(ts),
                     "ts": ts,
                     "version": int(f["version"]),
                     "actor": f["actor"],

@@ -44,7 +44,7 @@ def promote(status: RolloutStatus, spec: RolloutSpec, now: float, reason: str) -
 
 
 def _where(status: RolloutStatus) -> str:
-    return f"{status.name} is {status.phase} (step {status.step}, weight {status.weight:g}%)"
+    return f"{status.name} is {status.phase} (step {status.step + 1}, weight {status.weight:g}%)"
 
 
 def start(
@@ -97,7 +97,7 @@ def advance(
             steps = ", ".join(str(s) if s == "shadow" else f"{s:g}" for s in spec.steps)
             raise InvalidTransitionError(
                 f"--to {to:g} is not a later step of {status.name} "
-                f"(steps: {steps}; now at step {status.step})"
+                f"(steps: {steps}; now at step {status.step + 1})"
             )
         target = later[0]
     return enter_step(
