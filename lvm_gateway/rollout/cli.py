@@ -23,6 +23,7 @@ from typing import Any
 from redis.exceptions import RedisError
 from rich.console import Group, RenderableType
 from rich.live import Live
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -186,22 +187,23 @@ async def cmd_status(store: RolloutStore, args: argparse.Namespace) -> int:
 
 
 def history_lines(events: list[dict[str, Any]], steps: list[Any], wide: bool) -> Group:
-    """One event per line; on a terminal narrower than `wide`, the reason on its own
-    indented line below, so it reads at 80 columns instead of folding into a narrow column."""
-    lines: list[Text] = []
+    """One event per line (at most 78 columns before the reason); unless `wide`, the reason on
+    its own indented lines below, so it reads at 80 columns instead of folding into a narrow
+    table column."""
+    lines: list[RenderableType] = []
     for e in events:
         when = e["at"][:19].replace("T", " ")  # UTC, to the second; --json has milliseconds
         head = Text.assemble(
-            (when, "dim"), "  ", (f"{e['actor']:<10}", ""), " ", (f"{e['action']:<10}", "bold"),
-            " ", (e["phase"], _PHASE_STYLE.get(e["phase"], "")),
-            f"  step {step_text(e['step'], steps)}  weight {e['weight']:g}%",
+            (when, "dim"), "  ", f"{e['actor']:<10} ", (f"{e['action']:<10}", "bold"), " ",
+            (f"{e['phase']:<11}", _PHASE_STYLE.get(e["phase"], "")),
+            f" step {step_text(e['step'], steps)} at {e['weight']:g}%",
         )  # fmt: skip
         if wide:
             lines.append(Text.assemble(head, "  ", e["reason"]))
         else:
             lines.append(head)
             if e["reason"]:
-                lines.append(Text.assemble("    ", e["reason"]))
+                lines.append(Padding(Text(e["reason"]), (0, 0, 0, 4), expand=False))
     return Group(*lines)
 
 
