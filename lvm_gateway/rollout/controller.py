@@ -24,6 +24,7 @@ from lvm_gateway.redisconn import open_client
 from lvm_gateway.rollout.lease import Lease
 from lvm_gateway.rollout.notify import DeliveryStats, Notifier
 from lvm_gateway.rollout.observations import Observations, VariantWindow
+from lvm_gateway.rollout.providers import measure
 from lvm_gateway.rollout.reconcile import Action, reconcile
 from lvm_gateway.rollout.store import Registered, RolloutStore
 from lvm_gateway.rollout.transitions import align
@@ -73,7 +74,8 @@ async def reconcile_rollout(
     if status.phase != Phase.PROGRESSING:
         return status, None, reg
     observations = await observe(store.client, store.prefix, status, now)
-    new, action = reconcile(status, observations, reg.spec, now)
+    measured = await measure(reg.spec.metrics, status)
+    new, action = reconcile(status, observations, reg.spec, now, measured)
     if not new.same_state(status):
         new = await store.transition(
             status, new, Actor.CONTROLLER, str(action.kind), identity, action.metrics, lease
