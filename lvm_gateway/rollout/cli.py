@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import getpass
 import json
-import logging
+import logging.config
 import os
 import signal
 import socket
@@ -30,6 +30,7 @@ from rich.text import Text
 from lvm_gateway import termout
 from lvm_gateway.contract.rollout import RolloutStatus
 from lvm_gateway.errors import ConfigError, RedisUnavailableError, RedisUrlError, RolloutError
+from lvm_gateway.logfmt import dict_config
 from lvm_gateway.redisconn import open_client, redact, resolve_redis_url
 from lvm_gateway.rollout import ops
 from lvm_gateway.rollout.controller import reconcile_once, run_controller
@@ -336,7 +337,7 @@ async def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.verb == "controller":
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        logging.config.dictConfig(dict_config("info", "text"))
     try:
         args.redis_url = resolve_redis_url(args.redis)
         return asyncio.run(_run(args))
