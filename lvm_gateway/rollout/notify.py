@@ -185,7 +185,6 @@ class Notifier:
         self.poll_s = poll_s
         self.max_backlog = max_backlog
         self._advance = client.register_script(_ADVANCE)
-        self._steps: dict[str, int] = {}
 
     async def run(self) -> None:
         """Until cancelled (the controller cancels it when it stops leading)."""
@@ -240,6 +239,10 @@ class Notifier:
                 log.warning("notifications to %s wait for Redis: %s", target.label, exc)
                 await asyncio.sleep(backoff * random.uniform(1.0, 1.5))
                 backoff = min(backoff * 2, self.max_backoff_s)
+            except Exception:
+                # A malformed history entry must not stop this webhook's notifications for good.
+                log.exception("notifications to %s failed; retrying", target.label)
+                await asyncio.sleep(self.max_backoff_s)
 
     async def _start_of(self, target: NotificationSpec, name: str) -> str:
         """The exclusive lower bound of what this webhook still has to hear about `name`."""
@@ -307,12 +310,8 @@ class Notifier:
             raise NotLeaderError("lease lost: cursor not advanced")
 
     async def _steps_of(self, name: str) -> int | None:
-        if name not in self._steps:
-            raw = await self.client.get(self.keys.rollout(name, "spec"))
-            if raw is None:
-                return None
-            self._steps[name] = len(json.loads(raw)["spec"]["steps"])
-        return self._steps[name]
+        raw = await self.client.get(self.keys.rollout(name, "spec"))
+        return len(json.loads(raw)["spec"]["steps"]) if raw is not None else None
 
     async def _deliver(
         self, http: httpx.AsyncClient, target: NotificationSpec, name: str, entry: Entry

@@ -28,6 +28,7 @@ from lvm_gateway.rollout import ops
 from lvm_gateway.rollout.controller import run_controller
 from lvm_gateway.rollout.notify import DeliveryStats, Notifier
 from lvm_gateway.rollout.store import RolloutStore
+from tests.integration.gateway_env import gateway
 from tests.rolloutkit import rollout_store, write_policy
 
 pytestmark = pytest.mark.integration
@@ -272,3 +273,27 @@ async def test_a_client_error_is_final_after_one_attempt(
     assert history_notes == [
         f"started -> {rx.url.rsplit('/hook', 1)[0]}: failed after 1 attempt(s): HTTP 410"
     ]
+
+
+async def test_a_gateway_process_sends_and_counts_in_metrics(
+    redis_url: str, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, SECRET)  # the gateway process inherits it
+    hooks = {"all": Hook()}
+    async with receiver(hooks) as rx:
+        text = policy_with_hooks(tmp_path / "p.yaml", prefix, [
+            {"url": f"{rx.url}/all", "secret_env": SECRET_ENV},
+        ]).read_text()  # fmt: skip
+        with gateway(text, redis_url, tmp_path) as gw:
+            async with rollout_store(redis_url, gw.config) as store:
+                await ops.start(store, "phase2", "erin")
+            await until(lambda: len(hooks["all"].bodies) >= 1, 15, "the started event")
+
+            def delivered() -> float:
+                return gw.metric("lvmgw_notifications_total", event="started",
+                                 outcome="delivered")  # fmt: skip
+
+            await until(lambda: delivered() == 1, 5, "the delivery in /metrics")
+            phase = gw.metric("lvmgw_rollout_phase", rollout="phase2", phase="Progressing")
+    assert hooks["all"].bodies[0]["event"] == "started" and hooks["all"].bodies[0]["_signed"]
+    assert phase == 1
