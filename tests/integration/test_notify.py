@@ -297,3 +297,36 @@ async def test_a_gateway_process_sends_and_counts_in_metrics(
             phase = gw.metric("lvmgw_rollout_phase", rollout="phase2", phase="Progressing")
     assert hooks["all"].bodies[0]["event"] == "started" and hooks["all"].bodies[0]["_signed"]
     assert phase == 1
+
+
+async def test_two_gateway_replicas_notify_once_even_when_the_leader_is_killed(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    hooks = {"all": Hook()}
+    async with receiver(hooks) as rx:
+        text = policy_with_hooks(
+            tmp_path / "p.yaml", prefix, [{"url": f"{rx.url}/all"}]
+        ).read_text()
+        with (
+            gateway(text, redis_url, tmp_path) as a,
+            gateway(text, redis_url, tmp_path) as b,
+        ):
+            async with rollout_store(redis_url, a.config) as store:
+                await ops.start(store, "phase2", "frank")
+                await ops.pause(store, "phase2", "frank")
+                await until(lambda: len(hooks["all"].bodies) >= 2, 15, "two events")
+                holder = (await store.client.get(RedisKeys(prefix).leader)).decode()
+                leader = a if holder.endswith(f":{a.proc.pid}") else b
+                assert holder.endswith(f":{leader.proc.pid}"), holder
+                leader.proc.kill()  # no lease release: the other replica waits for it to expire
+                leader.proc.wait(5)
+                await ops.resume(store, "phase2", "frank")
+                await ops.rollback(store, "phase2", None, "frank")
+                await until(lambda: len(hooks["all"].bodies) >= 4, 20, "four events")
+                await asyncio.sleep(1.0)
+                successor = (await store.client.get(RedisKeys(prefix).leader)).decode()
+    assert [b["event"] for b in hooks["all"].bodies] == [
+        "started", "paused", "resumed", "rolled_back"
+    ]  # fmt: skip
+    assert len(set(hooks["all"].deliveries)) == 4
+    assert successor != holder
