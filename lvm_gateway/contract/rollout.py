@@ -53,7 +53,9 @@ class PrometheusQuery(StrictModel):
 
     address: str  # the Prometheus base URL, e.g. http://prometheus:9090
     query: str = Field(min_length=1)
-    timeout_seconds: float = Field(default=5, gt=0)
+    # Short: the controller queries between renewals of its 3 s lease, so a hung Prometheus
+    # must not hold the loop long enough to lose it.
+    timeout_seconds: float = Field(default=1, gt=0, le=2)
 
     @field_validator("address")
     @classmethod
