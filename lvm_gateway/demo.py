@@ -19,7 +19,6 @@ The rollouts' histories are printed at the end.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
@@ -31,20 +30,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.rule import Rule
-from rich.table import Table
+from rich.text import Text
 
+from lvm_gateway import termout
 from lvm_gateway.lvm.traffic import TrafficConfig, TrafficReport, render, run_traffic
 from lvm_gateway.procs import free_port, start, stop, wait_http
 from lvm_gateway.redisconn import ensure_embedded, home_dir, open_client, redact_url
 from lvm_gateway.rollout import ops
-from lvm_gateway.rollout.cli import status_table
+from lvm_gateway.rollout.cli import history_lines, status_table, step_text, steps_of
 from lvm_gateway.rollout.store import RolloutStore
 
-console = Console()
+console = termout.console()
 PREFIX = "demo"
 TERMINAL = ("Promoted", "RolledBack", "Paused")
 EXPERTS = [f"e{i}" for i in range(16)]
@@ -185,7 +185,10 @@ async def act_rollout(
             break
         await asyncio.sleep(0.2)
     status = await ops.start(store, name, identity="make demo")
-    console.print(f"  $ rolloutctl start {name}  -> {status.phase}, step {status.step + 1}")
+    steps = await steps_of(store, name)
+    console.print(
+        f"  $ rolloutctl start {name}  -> {status.phase}, step {step_text(status.step, steps)}"
+    )
     cfg = traffic(st.gateway, timeout_s)
     latest: list[TrafficReport] = []
     task = asyncio.create_task(run_traffic(cfg, latest.append))
@@ -195,7 +198,8 @@ async def act_rollout(
             while not task.done():
                 doc = await ops.describe(store, name)
                 phase = doc["phase"]
-                parts = [status_table(doc, lanes=True)]
+                # The 4 worst lanes, not 16: the panel must fit a terminal, or Live cuts it off.
+                parts = [status_table(doc, lanes=True, lane_limit=4)]
                 if latest:
                     parts.append(render(latest[-1], cfg))
                 live.update(Panel(Group(*parts), title=title))
@@ -210,16 +214,6 @@ async def act_rollout(
         total = latest[-1].total()
         console.print(f"  {total.requests} requests, {total.ok} answered 2xx while it ran")
     return str(phase)
-
-
-def history_table(name: str, events: list[dict[str, object]]) -> Table:
-    cols = ("at", "actor", "phase", "step", "weight", "reason")
-    table = Table(title=f"rolloutctl history {name}")
-    for col in cols:
-        table.add_column(col)
-    for e in events:
-        table.add_row(*(str(e.get(c, "")) for c in cols))
-    return table
 
 
 async def classic_story(st: Stack, store: RolloutStore) -> dict[str, str]:
@@ -295,7 +289,11 @@ async def main_async(tmd: bool) -> int:
         outcome = await (tmd_story(st, store) if tmd else classic_story(st, store))
         console.print(Rule("What happened"))
         for name in await store.names():
-            console.print(history_table(name, await store.history(name)))
+            steps = await steps_of(store, name)
+            console.print(Text(f"rolloutctl history {name}", "bold"))
+            console.print(
+                history_lines(await store.history(name), steps, wide=console.width >= 160)
+            )
     await client.aclose()
     ok = outcome == expected
     summary = ", ".join(f"{name}: {phase}" for name, phase in outcome.items())
@@ -307,7 +305,7 @@ async def main_async(tmd: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lvm_gateway.demo", description=__doc__)
+    parser = termout.parser("python -m lvm_gateway.demo", __doc__)
     parser.add_argument("--tmd", action="store_true", help="the TMD mixture story")
     args = parser.parse_args(argv)
     sys.exit(asyncio.run(main_async(args.tmd)))

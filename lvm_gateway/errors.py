@@ -42,6 +42,10 @@ class RedisUnavailableError(LvmGatewayError):
     pass
 
 
+class RedisUrlError(RedisUnavailableError):
+    """A --redis / REDIS_URL value redis-py cannot use (wrong scheme, no host, bad port)."""
+
+
 class RolloutError(LvmGatewayError):
     pass
 

@@ -6,17 +6,21 @@ The one wiring point: `build_app` hands the data plane (gateway/) the control pl
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
+import logging.config
 import os
 import socket
 import sys
 import tempfile
 from dataclasses import dataclass
 
+from lvm_gateway import termout
 from lvm_gateway.config.load import json_schema, load_config
-from lvm_gateway.errors import ConfigError, RedisUnavailableError
+from lvm_gateway.errors import ConfigError, RedisUnavailableError, RedisUrlError
+from lvm_gateway.logfmt import FORMATS, LEVELS, dict_config
+
+log = logging.getLogger("lvm_gateway.serve")
 
 _ENV_CONFIG = "LVMGW_CONFIG"
 _ENV_REDIS = "LVMGW_REDIS_URL"
@@ -77,19 +81,30 @@ def serve(
     controller: bool,
     log_level: str,
     limits: ClientLimits = ClientLimits(),
+    log_format: str = "text",
+    access_log: bool = False,
 ) -> None:
     import uvicorn
 
     from lvm_gateway.gateway.server import HEADER_TIMEOUT_ENV, GuardedHttpToolsProtocol
-    from lvm_gateway.redisconn import resolve_redis_url
+    from lvm_gateway.redisconn import redact_url, resolve_redis_url
 
-    load_config(config_path)  # fail before forking workers, with every error listed
+    log_config = dict_config(log_level, log_format)
+    logging.config.dictConfig(log_config)
+    config = load_config(config_path)  # fail before forking workers, with every error listed
+    redis_url = resolve_redis_url(redis)
     os.environ[_ENV_CONFIG] = os.path.abspath(config_path)
-    os.environ[_ENV_REDIS] = resolve_redis_url(redis)
+    os.environ[_ENV_REDIS] = redis_url
     os.environ[_ENV_CONTROLLER] = "1" if controller else "0"
     # This process's protocol class, and (through the environment) every worker's.
     os.environ[HEADER_TIMEOUT_ENV] = str(limits.header_timeout_s)
     GuardedHttpToolsProtocol.header_timeout_s = limits.header_timeout_s
+    log.info(
+        "lvm-gateway %s on http://%s:%d: config %s, Redis %s, prefix %s, %d worker(s), %s",
+        termout.version(), host, port, os.path.abspath(config_path), redact_url(redis_url),
+        config.spec.redis_prefix, workers,
+        "running the rollout controller" if controller else "no rollout controller",
+    )  # fmt: skip
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lvmgw-metrics-")
     uvicorn.run(
@@ -106,29 +121,35 @@ def serve(
         proxy_headers=False,
         limit_concurrency=limits.max_connections,
         lifespan="on",
-        access_log=False,
+        access_log=access_log,
+        log_config=log_config,
         log_level=log_level,
         timeout_graceful_shutdown=5,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lvm-gateway", description=__doc__)
+    parser = termout.parser("lvm-gateway", __doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
     p_serve = sub.add_parser("serve", help="proxy the configured routes")
     p_serve.add_argument("--config", required=True, help="policy YAML (hot-reloaded)")
-    p_serve.add_argument("--host", default="127.0.0.1")
-    p_serve.add_argument("--port", type=int, default=8080)
+    p_serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p_serve.add_argument("--port", type=int, default=8080, help="port to listen on")
     p_serve.add_argument(
         "--redis", default=None, help="Redis URL (default: $REDIS_URL, else embedded)"
     )
-    p_serve.add_argument("--workers", type=int, default=1)
+    p_serve.add_argument("--workers", type=termout.positive_int, default=1,
+                         help="worker processes")  # fmt: skip
     p_serve.add_argument(
         "--no-controller",
         action="store_true",
         help="do not run the rollout controller in this process",
     )
-    p_serve.add_argument("--log-level", default="info")
+    p_serve.add_argument("--log-level", default="info", choices=LEVELS, type=str.lower,
+                         help="least severe level logged")  # fmt: skip
+    p_serve.add_argument("--log-format", default="text", choices=FORMATS,
+                         help="text, or one JSON object per line")  # fmt: skip
+    p_serve.add_argument("--access-log", action="store_true", help="log every request")
     p_serve.add_argument(
         "--client-header-timeout",
         type=float,
@@ -154,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p_val.add_argument("file")
     p_val.add_argument("--json", action="store_true", help='print {"valid", "errors"} as JSON')
     sub.add_parser("schema", help="print the policy file's JSON Schema (for editors)")
-    args = parser.parse_args(argv)
+    args = termout.show_defaults(parser).parse_args(argv)
 
     if args.verb == "validate":
         errors = validate(args.file)
@@ -170,7 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "schema":
         print(json.dumps(json_schema(), indent=2))
         return 0
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     try:
         serve(
             args.config,
@@ -181,10 +201,15 @@ def main(argv: list[str] | None = None) -> int:
             not args.no_controller,
             args.log_level,
             ClientLimits(args.client_header_timeout, args.keep_alive_timeout, args.max_connections),
+            args.log_format,
+            args.access_log,
         )
     except ConfigError as exc:
         for e in exc.errors:
             print(e, file=sys.stderr)
+        return 2
+    except RedisUrlError as exc:
+        print(f"lvm-gateway: --redis: {exc}", file=sys.stderr)
         return 2
     except RedisUnavailableError as exc:
         print(f"lvm-gateway: {exc}", file=sys.stderr)

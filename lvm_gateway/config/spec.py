@@ -6,8 +6,9 @@ whole document (policy trees, rollout bindings).
 
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
@@ -129,6 +130,51 @@ class LimitsSpec(StrictModel):
     body_timeout_seconds: float = Field(default=30, gt=0)  # a stalled upload: 408
 
 
+# What a webhook may be told about: one event per kind of rollout transition.
+NotifyEvent = Literal[
+    "started", "advanced", "paused", "resumed", "promoted", "rolled_back", "aborted"
+]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = get_args(NotifyEvent)
+
+
+class NotificationSpec(StrictModel):
+    """One webhook the rollout controller posts each transition to (once, whichever replica)."""
+
+    url: str
+    events: Seq[NotifyEvent] = NOTIFY_EVENTS
+    format: Literal["json", "slack"] = "json"
+    # The name of an environment variable (of the controller's process) holding the HMAC key;
+    # the key itself never enters the policy file or Redis.
+    secret_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{url!r} is not an http(s) URL")
+        return url
+
+    @property
+    def key(self) -> str:
+        """A stable id of this webhook as configured: a changed entry is a new target, whose
+        notifications start from when it was first loaded."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        """scheme://host[:port] only: a webhook's path often is its secret (Slack's are)."""
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+    @field_validator("events")
+    @classmethod
+    def _some_events(cls, events: tuple[NotifyEvent, ...]) -> tuple[NotifyEvent, ...]:
+        if not events:
+            raise ValueError("list at least one event (omit the key for every event)")
+        return tuple(dict.fromkeys(events))
+
+
 class ConfigSpec(StrictModel):
     variants: dict[str, VariantSpec]
     routes: Seq[RouteSpec]
@@ -137,6 +183,7 @@ class ConfigSpec(StrictModel):
     redis_prefix: str = "lvmgw"
     limits: LimitsSpec = LimitsSpec()
     mirror_max_inflight: int = Field(default=64, ge=0)  # mirrored copies beyond this are dropped
+    notifications: Seq[NotificationSpec] = ()
 
     @field_validator("variants")
     @classmethod

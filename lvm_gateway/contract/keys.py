@@ -10,6 +10,9 @@
 {prefix}:events                    pub/sub channel: "<name> <version>" per transition
 {prefix}:leader                    the controller lease, "<fencing token>:<identity>"
 {prefix}:fence                     the fencing token counter
+{prefix}:notify:targets           JSON list of the policy's webhooks, as last loaded
+{prefix}:notify:since             hash target id -> ms when first registered (its first cursor)
+{prefix}:notify:cursor            hash "<target id>:<rollout>" -> last history id notified
 {prefix}:win:{variant}:{bucket}    window counters of one time bucket (contract.windows)
 {prefix}:agg:{name}:{run}:{scope}:{variant}
                                    the same counters summed over a whole rollout run
@@ -58,6 +61,9 @@ class RedisKeys:
     @property
     def fence(self) -> str:
         return f"{self.prefix}:fence"
+
+    def notify(self, part: str) -> str:
+        return f"{self.prefix}:notify:{part}"
 
     def rollout(self, name: str, part: str) -> str:
         return f"{self.prefix}:rollout:{name}:{part}"

@@ -156,6 +156,68 @@ class JudgeSpec(StrictModel):
         return lanes
 
 
+class PrometheusQuery(StrictModel):
+    """An instant PromQL query; `{{canary}}`, `{{stable}}` and `{{rollout}}` are replaced by the
+    variant and rollout names (escaped for a PromQL string) before each evaluation."""
+
+    address: str  # the Prometheus base URL, e.g. http://prometheus:9090
+    query: str = Field(min_length=1)
+    # Short: the controller queries between renewals of its 3 s lease, so a hung Prometheus
+    # must not hold the loop long enough to lose it.
+    timeout_seconds: float = Field(default=1, gt=0, le=2)
+
+    @field_validator("address")
+    @classmethod
+    def _http_url(cls, address: str) -> str:
+        if not address.startswith(("http://", "https://")) or address.count("/") < 2:
+            raise ValueError(f"{address!r} is not an http(s) URL")
+        return address.rstrip("/")
+
+
+class MetricProvider(StrictModel):
+    prometheus: PrometheusQuery
+
+
+class ProviderMetric(StrictModel):
+    """A metric measured outside the gateway (Argo's AnalysisTemplate, Flagger's
+    MetricTemplate): one number per analysis, judged against its bounds like the built-in
+    metrics. No number (an empty result) holds the rollout like thin data does."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    provider: MetricProvider
+    success_max: float | None = None
+    success_min: float | None = None
+    rollback_max: float | None = None
+    rollback_min: float | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ProviderMetric:
+        builtin = {key.rsplit("_", 1)[0] for key in Thresholds.model_fields}
+        if self.name in builtin:
+            raise ValueError(f"{self.name!r} is a built-in metric; name this one differently")
+        kinds = {k for k in ("max", "min") if self.bound("success", k) is not None
+                 or self.bound("rollback", k) is not None}  # fmt: skip
+        if not kinds:
+            raise ValueError("give at least one bound (success_max, rollback_max, ...)")
+        if len(kinds) > 1:
+            raise ValueError("bound one side: *_max or *_min, not both")
+        ok, bad = self.bound("success", "max"), self.bound("rollback", "max")
+        if ok is not None and bad is not None and bad < ok:
+            raise ValueError(f"rollback_max ({bad:g}) must be >= success_max ({ok:g})")
+        ok, bad = self.bound("success", "min"), self.bound("rollback", "min")
+        if ok is not None and bad is not None and bad > ok:
+            raise ValueError(f"rollback_min ({bad:g}) must be <= success_min ({ok:g})")
+        return self
+
+    def bound(self, side: str, kind: str) -> float | None:
+        value: float | None = getattr(self, f"{side}_{kind}")
+        return value
+
+    @property
+    def kind(self) -> Bound:
+        return "max" if self.success_max is not None or self.rollback_max is not None else "min"
+
+
 # What `rolloutctl thresholds` may change at run time; the route and steps come from the YAML.
 TUNABLE_KEYS = (
     "step_min_seconds",
@@ -182,6 +244,7 @@ class RolloutSpec(StrictModel):
     # Start by itself, without `rolloutctl start`: on first registration, and whenever the
     # policy names a new canary.
     auto_start: bool = False
+    metrics: Seq[ProviderMetric] = ()  # measured by a provider (Prometheus), not counted
     success: Thresholds = Thresholds(
         p95_ms_max=5,
         error_rate_max=0.001,
@@ -247,6 +310,14 @@ class RolloutSpec(StrictModel):
         if previous != 100:
             raise ValueError("the last weight step must be 100")
         return steps
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique_names(cls, metrics: tuple[ProviderMetric, ...]) -> tuple[ProviderMetric, ...]:
+        names = [m.name for m in metrics]
+        if len(set(names)) != len(names):
+            raise ValueError(f"metric names must be unique: {names}")
+        return metrics
 
     @model_validator(mode="after")
     def _rollback_looser_than_success(self) -> RolloutSpec:

@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from lvm_gateway.contract.rollout import Phase
+
 # `_created` series double the exposition size and no dashboard here uses them.
 disable_created_metrics()
 
@@ -39,21 +41,31 @@ _EVIDENCE_GAUGES = (
 STANDINGS = ("harm", "suspect", "clear", "insufficient", "waived")
 
 
+# Every rollout phase, so `lvmgw_rollout_phase` has a series per phase (1 for the current one)
+# and alerts can match `phase="RolledBack"` without the series appearing only on the change.
+ROLLOUT_PHASES = tuple(str(p) for p in Phase)
+
+
 class RolloutCollector(Collector):
-    """Read at scrape time: the weights this process routes by, whether Redis is reachable, and
-    the controller's latest evidence per rollout and judge test."""
+    """Read at scrape time: the weights this process routes by, whether Redis is reachable,
+    each rollout's phase, the controller's latest evidence per rollout and judge test, and the
+    webhook deliveries of this process's controller."""
 
     def __init__(
         self,
         weights: Callable[[], Mapping[str, float]],
         connected: Callable[[], bool],
         analyses: Callable[[], Mapping[str, Mapping[str, Any]]] = dict,
+        phases: Callable[[], Mapping[str, str]] = dict,
+        notifications: Callable[[], Mapping[tuple[str, str, str], int]] = dict,
     ) -> None:
         self.weights = weights
         self.connected = connected
         self.analyses = analyses
+        self.phases = phases
+        self.notifications = notifications
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         family = GaugeMetricFamily(
             "lvmgw_rollout_canary_weight_ratio",
             "Share of users routed to each rollout's canary by this process (0-1).",
@@ -67,6 +79,24 @@ class RolloutCollector(Collector):
             "1 while this process reaches Redis; 0 means it serves with the last known weights.",
             value=1.0 if self.connected() else 0.0,
         )
+        phase = GaugeMetricFamily(
+            "lvmgw_rollout_phase",
+            "1 for each rollout's current phase (as this process last read it), else 0.",
+            labels=["rollout", "phase"],
+        )
+        for name, current in sorted(self.phases().items()):
+            for p in ROLLOUT_PHASES:
+                phase.add_metric([name, p], 1.0 if p == current else 0.0)
+        yield phase
+        sent = CounterMetricFamily(
+            "lvmgw_notifications",
+            "Webhook notifications by target, event and outcome (delivered, retried, failed, "
+            "dropped); counted by the process whose controller held the lease.",
+            labels=["target", "event", "outcome"],
+        )
+        for (target, event, outcome), n in sorted(self.notifications().items()):
+            sent.add_metric([target, event, outcome], float(n))
+        yield sent
         yield from self._evidence()
 
     def _evidence(self) -> Iterator[GaugeMetricFamily]:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import getpass
 import json
-import logging
+import logging.config
 import os
 import signal
 import socket
@@ -27,12 +27,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.exceptions import RedisError
-from rich.console import Console, Group
+from rich.console import Group, RenderableType
 from rich.live import Live
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
+from lvm_gateway import termout
 from lvm_gateway.contract.rollout import Phase, RolloutStatus, format_duration, parse_duration
-from lvm_gateway.errors import ConfigError, RedisUnavailableError, RolloutError
+from lvm_gateway.errors import ConfigError, RedisUnavailableError, RedisUrlError, RolloutError
+from lvm_gateway.logfmt import dict_config
 from lvm_gateway.redisconn import (
     embedded_status,
     home_dir,
@@ -57,8 +61,8 @@ _GATE_EXIT = {
     Phase.PAUSED: EXIT_PAUSED,
 }
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True)  # one-line reasons
+out = termout.console()
+err = termout.console(stderr=True)
 
 _PHASE_STYLE = {
     "Pending": "dim",
@@ -79,11 +83,31 @@ def _fmt(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:.4g}{unit}"
 
 
-def lanes_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(show_edge=False, pad_edge=False, title="per lane (canary vs stable)")
+def _lane_order(row: dict[str, Any]) -> tuple[int, str]:
+    """lane_2 before lane_10: by the number in the name, then the name."""
+    digits = "".join(c for c in str(row["lane"]) if c.isdigit())
+    return (int(digits) if digits else -1, str(row["lane"]))
+
+
+def step_text(step: int, steps: list[Any]) -> str:
+    """The one step numbering every view uses: 1-based, of the total ("2/4 (20%)")."""
+    if step < 0:
+        return "-"
+    value = steps[step] if step < len(steps) else None
+    shown = "?" if value is None else _step_name(value) + ("%" if _is_weight(value) else "")
+    return f"{step + 1}/{len(steps)} ({shown})"
+
+
+def lanes_table(rows: list[dict[str, Any]], limit: int | None = None) -> Table:
+    """Per lane, in lane order; with `limit`, only that many lanes, the worst deltas first."""
+    title = "per lane (canary vs stable)"
+    if limit is not None and len(rows) > limit:
+        title = f"per lane: the {limit} worst of {len(rows)}"
+        rows = sorted(rows, key=lambda r: -(r["delta"] or 0.0))[:limit]
+    table = Table(show_edge=False, pad_edge=False, title=title)
     for col in ("lane", "requests", "errors", "feedback", "hit5", "stable hit5", "delta"):
         table.add_column(col, justify="left" if col == "lane" else "right")
-    for r in rows:
+    for r in sorted(rows, key=_lane_order):
         table.add_row(
             r["lane"], str(r["requests"]), str(r["errors"]), str(r["feedback"]),
             _fmt(r["hit5"]), _fmt(r["stable_hit5"]), _fmt(r["delta"]),
@@ -91,26 +115,28 @@ def lanes_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-def status_table(doc: dict[str, Any], lanes: bool = False) -> Group:
+def status_table(doc: dict[str, Any], lanes: bool = False, lane_limit: int | None = None) -> Group:
+    """One rollout's status. Every value is a Text: a reason like "[lane 3] p95 spike" prints
+    as written, never as rich markup."""
     phase = doc["phase"]
     head = Table.grid(padding=(0, 2))
-    head.add_column(style="bold")
-    head.add_column()
-    steps = ", ".join(_step_name(s) for s in doc["steps"])
-    step = doc["step"]
+    head.add_column(style="bold", no_wrap=True)
+    head.add_column(overflow="fold")
+    ladder = " -> ".join(_step_name(s) for s in doc["steps"])
     in_step = doc["time_in_step"]
-    removed = "  [red](removed from the policy)[/]" if doc["removed"] else ""
-    head.add_row("rollout", f"[bold]{doc['name']}[/]  {doc['stable']} -> {doc['canary']}{removed}")
-    head.add_row("phase", f"[{_PHASE_STYLE.get(phase, '')}]{phase}[/]  {doc['reason']}")
-    head.add_row("step", f"{step + 1}/{len(doc['steps'])} of [{steps}]" if step >= 0 else "-")
-    head.add_row("weight", f"{doc['weight']:g}%" + (f"  mirror {doc['mirror']:g}%"
-                                                     if doc["mirror"] else ""))  # fmt: skip
+    removed = ("  (removed from the policy)", "red") if doc.get("removed") else ""
+    pair = f"  {doc['stable']} -> {doc['canary']}"
+    head.add_row("rollout", Text.assemble((doc["name"], "bold"), pair, removed))
+    head.add_row("phase", Text.assemble((phase, _PHASE_STYLE.get(phase, "")), "  ", doc["reason"]))
+    head.add_row("step", Text(f"{step_text(doc['step'], doc['steps'])} of {ladder}"))
+    head.add_row("weight", Text(f"{doc['weight']:g}%" + (f"  mirror {doc['mirror']:g}%"
+                                                          if doc["mirror"] else "")))  # fmt: skip
     head.add_row("time in step", "-" if in_step is None else f"{in_step:.0f}s")
     head.add_row("failures", f"{doc['failures']}/{doc['thresholds']['failure_limit']}")
-    if doc["diverted"]:
+    if doc.get("diverted"):
         head.add_row("diverted", f"[red]{doc['diverted']}[/] canary requests (circuit open)")
     head.add_row("version", str(doc["version"]))
-    head.add_row("next", doc["next"])
+    head.add_row("next", Text(doc["next"]))
     parts: list[Any] = [head]
     if doc["metrics"]:
         metrics = Table(show_edge=False, pad_edge=False)
@@ -125,14 +151,14 @@ def status_table(doc: dict[str, Any], lanes: bool = False) -> Group:
                 f"{m['samples']}/{m['needed']}",
                 "-" if m["success"] is None else f"{op} {m['success']:g}",
                 "-" if m["rollback"] is None else f"{rb} {m['rollback']:g}",
-                f"[{_VERDICT_STYLE[m['verdict']]}]{m['verdict']}[/]",
+                Text(m["verdict"], _VERDICT_STYLE[m["verdict"]]),
             )
         parts.append(metrics)
     evidence = [e for e in doc.get("evidence", []) if lanes or "@" not in e["test"]]
     if evidence:
         parts.append(evidence_table(evidence))
     if lanes and doc["lanes"]:
-        parts.append(lanes_table(doc["lanes"]))
+        parts.append(lanes_table(doc["lanes"], lane_limit))
     return Group(*parts, "")
 
 
@@ -165,6 +191,10 @@ def evidence_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
+def _is_weight(step: Any) -> bool:
+    return isinstance(step, int | float) and not isinstance(step, bool)
+
+
 def _step_name(step: Any) -> str:
     if step == "shadow":
         return "shadow"
@@ -174,11 +204,27 @@ def _step_name(step: Any) -> str:
     return f"{step:g}"
 
 
-def _status_line(status: RolloutStatus) -> str:
-    return (
-        f"{status.name}: {status.phase} step {status.step + 1} weight {status.weight:g}% "
-        f"(version {status.version}) - {status.reason}"
+def _status_line(status: RolloutStatus, steps: list[Any]) -> Text:
+    return Text(
+        f"{status.name}: {status.phase} step {step_text(status.step, steps)} weight "
+        f"{status.weight:g}% (version {status.version}) - {status.reason}"
     )
+
+
+async def steps_of(store: RolloutStore, name: str) -> list[Any]:
+    return list((await store.registered(name)).spec.model_dump(mode="json")["steps"])
+
+
+async def controller_line(store: RolloutStore) -> Text:
+    """Who holds the controller lease; without a holder nothing advances or rolls back."""
+    holder = await store.client.get(store.keys.leader)
+    if holder is None:
+        return Text.assemble(
+            ("controller: not running", "bold red"),
+            " (no live lease: start `lvm-gateway serve` or `rolloutctl controller`)",
+        )
+    identity = (holder.decode() if isinstance(holder, bytes) else holder).split(":", 1)[-1]
+    return Text(f"controller: {identity}", "dim")
 
 
 async def _describe_all(store: RolloutStore, name: str | None) -> list[dict[str, Any]]:
@@ -192,13 +238,15 @@ async def wait_for_outcome(
     """Print each change of the rollout until it is Promoted (0), RolledBack, Aborted or Paused
     (their exit codes), or `timeout_s` passes (EXIT_TIMEOUT)."""
     deadline = time.monotonic() + timeout_s
+    steps = await steps_of(store, name)
     last = None
     while True:
         status = await store.get(name)
         shown = (status.phase, status.step, status.weight, status.reason)
         if shown != last:
             # Plain lines, flushed: a CI log shows them as they happen, unwrapped.
-            print(f"{time.strftime('%H:%M:%S')} {_status_line(status)}", flush=True)
+            line = _status_line(status, steps).plain
+            print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
             last = shown
         code = _GATE_EXIT.get(status.phase)
         if code is not None:
@@ -211,6 +259,13 @@ async def wait_for_outcome(
         await asyncio.sleep(min(poll_s, left))
 
 
+async def _status_view(store: RolloutStore, args: argparse.Namespace) -> list[RenderableType]:
+    docs = await _describe_all(store, args.name)
+    if not docs:
+        return [Text("no rollouts registered")]
+    return [await controller_line(store), *(status_table(d, args.lanes) for d in docs)]
+
+
 async def cmd_status(store: RolloutStore, args: argparse.Namespace) -> int:
     if args.timeout is not None:
         return await wait_for_outcome(store, args.name, args.timeout)
@@ -219,17 +274,41 @@ async def cmd_status(store: RolloutStore, args: argparse.Namespace) -> int:
         print(json.dumps(docs[0] if args.name else docs, indent=2))
         return 0
     if not args.watch:
-        docs = await _describe_all(store, args.name)
-        tables = [status_table(d, args.lanes) for d in docs]
-        out.print(Group(*tables) if docs else "no rollouts registered")
+        out.print(Group(*await _status_view(store, args)))
         return 0
+    view: list[RenderableType] = []
     with Live(console=out, refresh_per_second=4) as live:
         while True:
-            docs = await _describe_all(store, args.name)
-            stamp = time.strftime("%H:%M:%S")
-            tables = [status_table(d, args.lanes) for d in docs]
-            live.update(Group(f"[dim]{stamp}  (Ctrl-C to stop)[/]", *tables))
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            try:
+                view = await _status_view(store, args)
+                line = Text(f"{stamp}  (Ctrl-C to stop)", "dim")
+            except (RedisError, OSError) as exc:
+                # A blip must not end the watch: show the last view under a warning, retry.
+                line = Text(f"{stamp}  Redis unreachable ({exc}); retrying", "bold red")
+            live.update(Group(line, *view))
             await asyncio.sleep(0.5)
+
+
+def history_lines(events: list[dict[str, Any]], steps: list[Any], wide: bool) -> Group:
+    """One event per line (at most 78 columns before the reason); unless `wide`, the reason on
+    its own indented lines below, so it reads at 80 columns instead of folding into a narrow
+    table column."""
+    lines: list[RenderableType] = []
+    for e in events:
+        when = e["at"][:19].replace("T", " ")  # UTC, to the second; --json has milliseconds
+        head = Text.assemble(
+            (when, "dim"), "  ", f"{e['actor']:<10} ", (f"{e['action']:<10}", "bold"), " ",
+            (f"{e['phase']:<11}", _PHASE_STYLE.get(e["phase"], "")),
+            f" step {step_text(e['step'], steps)} at {e['weight']:g}%",
+        )  # fmt: skip
+        if wide:
+            lines.append(Text.assemble(head, "  ", e["reason"]))
+        else:
+            lines.append(head)
+            if e["reason"]:
+                lines.append(Padding(Text(e["reason"]), (0, 0, 0, 4), expand=False))
+    return Group(*lines)
 
 
 async def cmd_history(store: RolloutStore, args: argparse.Namespace) -> int:
@@ -237,16 +316,10 @@ async def cmd_history(store: RolloutStore, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(events, indent=2))
         return 0
-    table = Table(title=f"history of {args.name}")
-    for col in ("at", "actor", "action", "phase", "step", "weight", "reason"):
-        table.add_column(col)
-    for e in events:
-        when = e["at"][11:23]  # the time of day; --json has the full timestamp
-        table.add_row(
-            when, e["actor"], e["action"], e["phase"], str(e["step"]), f"{e['weight']:g}%",
-            e["reason"],
-        )  # fmt: skip
-    out.print(table)
+    steps = await steps_of(store, args.name)
+    wide = not out.is_terminal or out.width >= 160
+    out.print(Text(f"history of {args.name} (UTC)", "bold"))
+    out.print(history_lines(events, steps, wide))
     return 0
 
 
@@ -276,7 +349,8 @@ async def cmd_controller(store: RolloutStore, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    err.print(f"controller {identity} running (prefix {store.prefix}); Ctrl-C to stop")
+    err.print(Text(f"controller {identity} running (Redis {redact_url(args.redis_url)}, prefix "
+                   f"{store.prefix}); Ctrl-C to stop"))  # fmt: skip
     await run_controller(
         args.redis_url, store.prefix, stop, identity, lease_seconds=args.lease_seconds
     )
@@ -285,7 +359,9 @@ async def cmd_controller(store: RolloutStore, args: argparse.Namespace) -> int:
 
 def _verb(fn: Callable[[RolloutStore, argparse.Namespace], Awaitable[RolloutStatus]]) -> Any:
     async def run(store: RolloutStore, args: argparse.Namespace) -> int:
-        out.print(_status_line(await fn(store, args)))
+        status = await fn(store, args)
+        steps = await steps_of(store, status.name)
+        out.print(_status_line(status, steps))
         return 0
 
     return run
@@ -353,7 +429,7 @@ def _read_only(args: argparse.Namespace) -> bool:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rolloutctl", description="drive rollouts held in Redis")
+    p = termout.parser("rolloutctl", "drive rollouts held in Redis")
     p.add_argument("--redis", default=None, help="Redis URL (default: $REDIS_URL, else embedded)")
     p.add_argument("--config", default=None, help="policy YAML: registers its rollouts first")
     p.add_argument(
@@ -403,7 +479,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("action", choices=("status", "stop"))
     e.add_argument("--json", action="store_true")
     _simulate_parser(sub)
-    return p
+    return termout.show_defaults(p)
 
 
 def _simulate_parser(sub: Any) -> None:
@@ -477,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
             err.print(f"rolloutctl simulate: {exc}", markup=False)
             return 2
     if args.verb == "controller":
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        logging.config.dictConfig(dict_config("info", "text"))
     args.redis_url = None
     try:
         if args.verb == "embedded":
@@ -493,6 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     except RolloutError as exc:
         err.print(f"rolloutctl: {exc}", markup=False)
         return 1
+    except RedisUrlError as exc:
+        err.print(f"rolloutctl: --redis: {exc}", markup=False)
+        return 2
     except RedisUnavailableError as exc:
         err.print(f"rolloutctl: {exc}", markup=False)
         return 3

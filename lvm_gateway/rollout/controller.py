@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable
 
@@ -22,13 +23,13 @@ from lvm_gateway.errors import ConflictError, NotLeaderError, RolloutError
 from lvm_gateway.redisconn import open_client
 from lvm_gateway.rollout.aggregates import fold, observe
 from lvm_gateway.rollout.lease import Lease
+from lvm_gateway.rollout.notify import DeliveryStats, Notifier
+from lvm_gateway.rollout.providers import measure
 from lvm_gateway.rollout.reconcile import Action, reconcile
 from lvm_gateway.rollout.store import Registered, RolloutStore
 from lvm_gateway.rollout.transitions import ACTIVE, align, auto_start
 
 log = logging.getLogger(__name__)
-
-_OUTAGE_RETRY_S = 0.5
 
 
 async def reconcile_rollout(
@@ -55,7 +56,8 @@ async def reconcile_rollout(
     if status.phase != Phase.PROGRESSING:
         return status, None, reg
     observations = await observe(store.client, store.prefix, status, now)
-    new, action = reconcile(status, observations, reg.spec, now)
+    measured = await measure(reg.spec.metrics, status)
+    new, action = reconcile(status, observations, reg.spec, now, measured)
     # The evidence behind every analysis, for status, the status page and /metrics; a move also
     # keeps it in the history.
     await store.record_analysis(name, action, now, ttl_s=10 * reg.spec.interval_seconds)
@@ -98,6 +100,11 @@ async def _reconcile_due(
             due[name] = clock() + 5.0
 
 
+# After a Redis error the controller retries after a jittered, doubling pause up to this cap,
+# logging the outage once and the recovery once, not every tick.
+MAX_ERROR_BACKOFF_SECONDS = 5.0
+
+
 async def run_controller(
     redis_url: str,
     prefix: str,
@@ -106,48 +113,63 @@ async def run_controller(
     clock: Callable[[], float] = time.time,
     lease_seconds: float = 3.0,
     tick_seconds: float = 0.1,
+    notifier_stats: DeliveryStats | None = None,
 ) -> None:
-    """Until `stop` is set: contend for the lease; while holding it, reconcile what is due."""
+    """Until `stop` is set: contend for the lease; while holding it, reconcile what is due and
+    send the webhook notifications (rollout/notify.py)."""
     client = open_client(redis_url)
     store = RolloutStore(client, prefix)
     lease = Lease(client, prefix, identity, lease_seconds)
+    notifier = Notifier(client, prefix, identity, lambda: lease.value, notifier_stats)
+    notifying: asyncio.Task[None] | None = None
     due: dict[str, float] = {}
     leading = False
-    # While Redis fails: one warning, not one per tick (10 a second), and a slower retry.
-    outage_since: float | None = None
+    failing_since: float | None = None
+    backoff = tick_seconds
     try:
         while not stop.is_set():
+            pause = tick_seconds
             try:
                 if await lease.hold() != leading:
                     leading = not leading
                     log.info("controller %s: %s", identity, "leading" if leading else "standing by")
                 if leading:
+                    if notifying is None or notifying.done():
+                        notifying = asyncio.create_task(notifier.run(), name="rollout-notify")
                     await _reconcile_due(store, lease, due, identity, clock)
                 else:
                     due.clear()
+                if failing_since is not None:
+                    log.info("controller %s: Redis is back after %.1fs", identity,
+                             time.monotonic() - failing_since)  # fmt: skip
+                    failing_since, backoff = None, tick_seconds
             except NotLeaderError:
                 lease.lost()
             except (RedisError, OSError) as exc:
-                if outage_since is None:
-                    outage_since = time.monotonic()
-                    log.warning(
-                        "controller %s: Redis error (%s); retrying every %gs",
-                        identity, exc, _OUTAGE_RETRY_S,
-                    )  # fmt: skip
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.warning("controller %s: Redis error: %s; retrying with back-off",
+                                identity, exc)  # fmt: skip
                 lease.lost()
-            else:
-                if outage_since is not None:
-                    log.info(
-                        "controller %s: Redis answers again after %.1fs",
-                        identity, time.monotonic() - outage_since,
-                    )  # fmt: skip
-                    outage_since = None
-            await _wait(stop, tick_seconds if outage_since is None else _OUTAGE_RETRY_S)
+                backoff = min(backoff * 2, MAX_ERROR_BACKOFF_SECONDS)
+                pause = random.uniform(backoff / 2, backoff)
+            if lease.value is None:  # standing by, or just lost the lease: nothing may be sent
+                notifying = await _cancel(notifying)
+            await _wait(stop, pause)
     finally:
+        await _cancel(notifying)
         with contextlib.suppress(RedisError, OSError):
             await lease.release()
         with contextlib.suppress(RedisError, OSError):
             await client.aclose()
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Stop `task` if any; returns None, the value a stopped task slot holds."""
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return None
 
 
 async def reconcile_once(

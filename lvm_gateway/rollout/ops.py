@@ -19,9 +19,10 @@ from lvm_gateway.contract.windows import DIVERTED, ERRORS, FEEDBACK, REQUESTS
 from lvm_gateway.errors import ConflictError
 from lvm_gateway.rollout import transitions
 from lvm_gateway.rollout.aggregates import observe
-from lvm_gateway.rollout.analysis import HIT5, Analysis, analyse
+from lvm_gateway.rollout.analysis import HIT5, Analysis
 from lvm_gateway.rollout.observations import Observations
-from lvm_gateway.rollout.reconcile import reconcile
+from lvm_gateway.rollout.providers import measure
+from lvm_gateway.rollout.reconcile import judged, reconcile
 from lvm_gateway.rollout.store import RolloutStore
 
 
@@ -39,7 +40,7 @@ async def current_analysis(store: RolloutStore, status: RolloutStatus) -> Analys
         return None
     reg = await store.effective(status.name)
     observations = await observe(store.client, store.prefix, status, time.time())
-    return analyse(observations, reg.spec)
+    return judged(observations, reg.spec, await measure(reg.spec.metrics, status))
 
 
 async def advance(
@@ -168,7 +169,8 @@ async def describe(store: RolloutStore, name: str) -> dict[str, Any]:
         # Requests the canary should have served while its circuit was open (errors to it).
         doc["diverted"] = observations.canary.get(DIVERTED)
         probe = status.evolve(phase=Phase.PROGRESSING)
-        _, action = reconcile(probe, observations, reg.spec, now)
+        measured = await measure(reg.spec.metrics, status)
+        _, action = reconcile(probe, observations, reg.spec, now, measured)
         if action.analysis is not None:
             doc["requests"] = action.analysis.requests
             doc["metrics"] = [
@@ -181,6 +183,7 @@ async def describe(store: RolloutStore, name: str) -> dict[str, Any]:
                     "success": r.success,
                     "rollback": r.rollback,
                     "verdict": str(r.verdict),
+                    "where": r.where,
                 }
                 for r in action.analysis.results
             ]

@@ -15,11 +15,11 @@ every guard passes, every judge    next step; after the last step -> Promoted
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from lvm_gateway.contract.rollout import Phase, RolloutSpec, RolloutStatus
-from lvm_gateway.rollout.analysis import Analysis, Standing, Verdict, analyse
+from lvm_gateway.rollout.analysis import Analysis, MetricResult, Standing, Verdict, analyse
 from lvm_gateway.rollout.observations import Observations
 from lvm_gateway.rollout.transitions import enter_step, hold_back, promote, rollback
 
@@ -41,12 +41,25 @@ class Action:
     metrics: Mapping[str, float | None] = field(default_factory=dict)
 
 
+def judged(
+    observations: Observations, spec: RolloutSpec, extra: tuple[MetricResult, ...] = ()
+) -> Analysis:
+    """The analysis of the counted metrics plus `extra`: results measured elsewhere (a rollout's
+    provider metrics, rollout/providers.py), judged by the same verdicts."""
+    analysis = analyse(observations, spec)
+    return replace(analysis, results=analysis.results + extra) if extra else analysis
+
+
 def reconcile(
-    status: RolloutStatus, observations: Observations, spec: RolloutSpec, now: float
+    status: RolloutStatus,
+    observations: Observations,
+    spec: RolloutSpec,
+    now: float,
+    extra: tuple[MetricResult, ...] = (),
 ) -> tuple[RolloutStatus, Action]:
     if status.phase != Phase.PROGRESSING:
         return status, Action(ActionKind.HOLD, f"{status.phase}: the controller waits")
-    analysis = analyse(observations, spec)
+    analysis = judged(observations, spec, extra)
     metrics = analysis.values()
     metrics["requests"] = analysis.requests
 

@@ -15,7 +15,6 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -32,6 +31,7 @@ from lvm_gateway.errors import (
     ThresholdError,
     UnknownRolloutError,
 )
+from lvm_gateway.logfmt import iso_time
 from lvm_gateway.rollout.reconcile import Action
 from lvm_gateway.rollout.transitions import ACTIVE, abort
 
@@ -60,10 +60,6 @@ class Registered:
     spec: RolloutSpec
     stable: str | None
     canary: str | None
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _text(value: bytes | str) -> str:
@@ -95,9 +91,16 @@ class RolloutStore:
 
     async def register_specs(self, config: Config, identity: str = "") -> list[str]:
         """Publish the YAML's rollouts so rolloutctl and the controller work without --config,
-        and retire the ones it no longer declares; returns the names retired."""
+        and its webhooks, each with the time it was first seen (where its notifications start);
+        retire the rollouts it no longer declares; returns the names retired."""
         declared = await self.names()
         pipe = self.client.pipeline(transaction=True)
+        targets = config.spec.notifications
+        pipe.set(
+            self.keys.notify("targets"), json.dumps([t.model_dump(mode="json") for t in targets])
+        )
+        for target in targets:
+            pipe.hsetnx(self.keys.notify("since"), target.key, int(time.time() * 1000))
         for name, spec in config.rollouts.items():
             route = config.routes.get(spec.route)
             doc = {
@@ -108,8 +111,7 @@ class RolloutStore:
             pipe.set(self.key(name, "spec"), json.dumps(doc))
             pipe.sadd(self.keys.rollouts, name)
             pipe.srem(self.keys.rollouts_removed, name)
-        if config.rollouts:
-            await pipe.execute()
+        await pipe.execute()
         retired = []
         for name in declared:
             if name not in config.rollouts and await self._retire(name, identity):
@@ -377,7 +379,7 @@ class RolloutStore:
             out.append(
                 {
                     "id": _text(entry_id),
-                    "at": _iso(ts),
+                    "at": iso_time(ts),
                     "ts": ts,
                     "version": int(f["version"]),
                     "actor": f["actor"],

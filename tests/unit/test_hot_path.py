@@ -52,6 +52,8 @@ class FakeControlPlane:
     connected: bool = True
     routing: str = "redis"
     analyses: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    phases: Mapping[str, str] = field(default_factory=dict)
+    notifications: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
     recorder: FakeRecorder = field(default_factory=FakeRecorder)
     configs: list[Config] = field(default_factory=list)
 

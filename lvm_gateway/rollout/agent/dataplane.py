@@ -32,6 +32,7 @@ from lvm_gateway.redisconn import open_client
 from lvm_gateway.rollout.agent.recorder import WindowRecorder
 from lvm_gateway.rollout.agent.snapshot import Pair, RolloutSnapshot
 from lvm_gateway.rollout.controller import run_controller
+from lvm_gateway.rollout.notify import DeliveryStats
 from lvm_gateway.rollout.store import RolloutStore
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class RolloutDataPlane:
         # The last statuses read from Redis, for a cold start while Redis is unreachable.
         state_file = state_dir / f"rollouts-{prefix}.json" if state_dir is not None else None
         self.snapshot = RolloutSnapshot(redis_url, prefix, poll_interval_s, state_file)
+        self.deliveries = DeliveryStats()  # webhook outcomes while this process's controller led
+        self.snapshot = RolloutSnapshot(redis_url, prefix, poll_interval_s)
         self._client = open_client(redis_url)
         self._store = RolloutStore(self._client, prefix)
         self._stop = asyncio.Event()
@@ -95,13 +98,23 @@ class RolloutDataPlane:
     def routing(self) -> str:
         return self.snapshot.routing
 
+    def phases(self) -> Mapping[str, str]:
+        """Each bound rollout's phase as last read (Pending before its first start)."""
+        return {n: str(s.phase) if s else "Pending" for n, s in self.snapshot.statuses.items()}
+
+    @property
+    def notifications(self) -> Mapping[tuple[str, str, str], int]:
+        """(webhook, event, outcome) -> count, for /metrics."""
+        return self.deliveries.counts
+
     async def start(self, config: Config) -> None:
         self.snapshot.bind(rollout_pairs(config))
         self._tasks.append(asyncio.create_task(self.snapshot.run(), name="rollout-snapshot"))
         self._tasks.append(asyncio.create_task(self._flush_loop(), name="rollout-flush"))
         if self.run_controller:
             controller = run_controller(self.redis_url, self.prefix, self._stop, self.identity,
-                                        lease_seconds=self.lease_seconds)  # fmt: skip
+                                        lease_seconds=self.lease_seconds,
+                                        notifier_stats=self.deliveries)  # fmt: skip
             self._tasks.append(asyncio.create_task(controller, name="rollout-controller"))
         self._schedule_register(config)
 
