@@ -13,9 +13,14 @@ import os
 import socket
 import sys
 import tempfile
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lvm_gateway.config.load import json_schema, load_config
-from lvm_gateway.errors import ConfigError, RedisUnavailableError
+from lvm_gateway.errors import AdminServerError, ConfigError, RedisUnavailableError
+
+if TYPE_CHECKING:
+    from lvm_gateway.admin.server import AdminServer
 
 _ENV_CONFIG = "LVMGW_CONFIG"
 _ENV_REDIS = "LVMGW_REDIS_URL"
@@ -47,6 +52,32 @@ def build_app() -> object:
     return GatewayApp(config, dataplane, redis_url)
 
 
+@dataclass(frozen=True)
+class AdminSettings:
+    """The status page's server: `--admin-port`, `--admin-host`, `--admin-token-env`."""
+
+    host: str
+    port: int
+    token_env: str
+
+
+def start_admin(
+    settings: AdminSettings, redis_url: str, prefix: str, log_level: str
+) -> AdminServer:
+    """The status page and its API on their own port, once per serve (not per worker)."""
+    from lvm_gateway.admin.app import AdminApp, check_token
+    from lvm_gateway.admin.server import AdminServer
+
+    token = check_token(os.environ.get(settings.token_env), f"${settings.token_env}")
+    server = AdminServer(
+        AdminApp(redis_url, prefix, token), settings.host, settings.port, log_level
+    )
+    server.start()
+    mode = "actions need the token" if token else f"read-only (${settings.token_env} is not set)"
+    logging.getLogger("lvm_gateway.admin").info("status page on %s (%s)", server.url, mode)
+    return server
+
+
 def serve(
     config_path: str,
     host: str,
@@ -55,30 +86,40 @@ def serve(
     workers: int,
     controller: bool,
     log_level: str,
+    admin: AdminSettings | None = None,
 ) -> None:
     import uvicorn
 
     from lvm_gateway.redisconn import resolve_redis_url
 
-    load_config(config_path)  # fail before forking workers, with every error listed
+    config = load_config(config_path)  # fail before forking workers, with every error listed
     os.environ[_ENV_CONFIG] = os.path.abspath(config_path)
     os.environ[_ENV_REDIS] = resolve_redis_url(redis)
+    admin_server = (
+        start_admin(admin, os.environ[_ENV_REDIS], config.spec.redis_prefix, log_level)
+        if admin is not None
+        else None
+    )
     os.environ[_ENV_CONTROLLER] = "1" if controller else "0"
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lvmgw-metrics-")
-    uvicorn.run(
-        "lvm_gateway.serve:build_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers if workers > 1 else None,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level=log_level,
-        timeout_graceful_shutdown=5,
-    )
+    try:
+        uvicorn.run(
+            "lvm_gateway.serve:build_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers if workers > 1 else None,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_level=log_level,
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        if admin_server is not None:
+            admin_server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +139,22 @@ def main(argv: list[str] | None = None) -> int:
         help="do not run the rollout controller in this process",
     )
     p_serve.add_argument("--log-level", default="info")
+    p_serve.add_argument(
+        "--admin-port",
+        type=int,
+        default=None,
+        help="serve the status page and its JSON API on this port (default: off)",
+    )
+    p_serve.add_argument(
+        "--admin-host", default=None, help="the status page's address (default: --host)"
+    )
+    p_serve.add_argument(
+        "--admin-token-env",
+        default="LVMGW_ADMIN_TOKEN",
+        metavar="VAR",
+        help="environment variable holding the bearer token for the page's actions; "
+        "unset or empty: read-only (default: %(default)s)",
+    )
     p_val = sub.add_parser("validate", help="check a policy file; exit 2 listing every error")
     p_val.add_argument("file")
     sub.add_parser("schema", help="print the policy file's JSON Schema (for editors)")
@@ -124,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             args.workers,
             not args.no_controller,
             args.log_level,
+            None
+            if args.admin_port is None
+            else AdminSettings(args.admin_host or args.host, args.admin_port, args.admin_token_env),
         )
     except ConfigError as exc:
         for e in exc.errors:
@@ -132,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     except RedisUnavailableError as exc:
         print(f"lvm-gateway: {exc}", file=sys.stderr)
         return 1
+    except AdminServerError as exc:
+        print(f"lvm-gateway: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

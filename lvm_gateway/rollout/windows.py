@@ -15,6 +15,32 @@ from lvm_gateway.contract.windows import BUCKET_SECONDS
 from lvm_gateway.rollout.observations import VariantWindow
 
 
+async def read_buckets(
+    client: aioredis.Redis,
+    prefix: str,
+    variants: Iterable[str],
+    since: float,
+    until: float,
+    bucket_seconds: int = BUCKET_SECONDS,
+) -> list[tuple[int, dict[str, VariantWindow]]]:
+    """Every replica's counts for each variant, per time bucket overlapping the range, oldest
+    first: (bucket start, {variant: window}). One pipelined round trip."""
+    keys = RedisKeys(prefix)
+    names = list(dict.fromkeys(variants))
+    first = int(since) // bucket_seconds * bucket_seconds
+    buckets = range(first, int(until) + 1, bucket_seconds)
+    pipe = client.pipeline(transaction=False)
+    for bucket in buckets:
+        for variant in names:
+            pipe.hgetall(keys.window(variant, bucket))
+    replies = iter(await pipe.execute())
+    return [
+        (bucket, {v: VariantWindow({_text(k): int(n) for k, n in next(replies).items()})
+                  for v in names})
+        for bucket in buckets
+    ]  # fmt: skip
+
+
 async def read_windows(
     client: aioredis.Redis,
     prefix: str,
@@ -24,23 +50,12 @@ async def read_windows(
     bucket_seconds: int = BUCKET_SECONDS,
 ) -> dict[str, VariantWindow]:
     """Every replica's counts for each variant, summed over the buckets overlapping the range."""
-    keys = RedisKeys(prefix)
     names = list(dict.fromkeys(variants))
-    first = int(since) // bucket_seconds * bucket_seconds
-    buckets = range(first, int(until) + 1, bucket_seconds)
-    pipe = client.pipeline(transaction=False)
-    for variant in names:
-        for bucket in buckets:
-            pipe.hgetall(keys.window(variant, bucket))
-    replies = iter(await pipe.execute())
-    out: dict[str, VariantWindow] = {}
-    for variant in names:
-        window = VariantWindow()
-        for _ in buckets:
-            raw = next(replies)
-            if raw:
-                window = window.merged({_text(k): int(v) for k, v in raw.items()})
-        out[variant] = window
+    out = {v: VariantWindow() for v in names}
+    for _, windows in await read_buckets(client, prefix, names, since, until, bucket_seconds):
+        for variant, window in windows.items():
+            if window.counts:
+                out[variant] = out[variant].merged(window.counts)
     return out
 
 
