@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,7 +20,7 @@ from schemathesis import GenerationMode
 
 from lvm_gateway.contract.windows import BUCKET_SECONDS
 from lvm_gateway.procs import BIN, free_port
-from lvm_gateway.redisconn import open_client
+from lvm_gateway.redisconn import open_client, start_redis_server
 from lvm_gateway.rollout.agent.recorder import WindowRecorder
 from tests.integration.admin_env import (
     TOKEN,
@@ -32,6 +33,18 @@ from tests.integration.admin_env import (
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def wait_redis(url: str, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +196,27 @@ def test_the_api_conforms_to_its_openapi_document(gateway: AdminGateway) -> None
     check()
     statuses = {status for _, status in seen}
     assert {200, 400, 404, 409} <= statuses, sorted(seen)
+
+
+def test_redis_lost_is_a_503_document_and_the_page_recovers(tmp_path: Path) -> None:
+    port = free_port()
+    server = start_redis_server("--port", str(port), "--bind", "127.0.0.1", cwd=tmp_path)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        wait_redis(url)
+        with admin_gateway(url, tmp_path) as gw:
+            server.kill()
+            server.wait(5)
+            lost = httpx.get(f"{gw.url}api/v1/rollouts", timeout=10)
+            assert lost.status_code == 503 and lost.json()["error"] == "redis_unavailable"
+            partial = httpx.get(f"{gw.url}partials/rollouts", timeout=10)
+            assert partial.status_code == 503 and partial.text.startswith("Redis is unreachable")
+            server = start_redis_server("--port", str(port), "--bind", "127.0.0.1", cwd=tmp_path)
+            wait_redis(url)
+            # An empty Redis: the gateway re-registers its rollouts on its next reload only,
+            # so the page answers with what is there (nothing) instead of an error.
+            back = httpx.get(f"{gw.url}api/v1/rollouts", timeout=10)
+            assert back.status_code == 200 and back.json() == {"rollouts": []}
+    finally:
+        server.kill()
+        server.wait(5)
