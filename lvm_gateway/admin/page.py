@@ -69,17 +69,29 @@ def _bounds(doc: Detail, metric: str, kind: str) -> list[Rule]:
     return rules
 
 
+# The plots span at least this much time, so a fresh rollout's first buckets are not stretched.
+MIN_SPAN_SECONDS = 60
+
+
+def _span(doc: Detail, now: float) -> float:
+    """Where the plots start: the rollout's start or its first counted bucket, whichever is
+    earlier, within the period the window buckets cover."""
+    counted = [p.t for p in doc.series if p.canary.requests or p.stable.requests]
+    starts = [t for t in (doc.started_at, counted[0] if counted else None) if t is not None]
+    t0 = max(now - views.SERIES_SECONDS, min(starts, default=now - views.SERIES_SECONDS))
+    return min(t0, now - MIN_SPAN_SECONDS)
+
+
 def charts(doc: Detail, events: list[Event], now: float) -> list[Markup]:
-    t0, t1 = now - views.SERIES_SECONDS, now
+    t0, t1 = _span(doc, now), now
     weights: list[tuple[float, float | None]] = [(e.ts, e.weight) for e in events]
     if not weights or weights[-1][1] != doc.weight:
         weights.append((now, doc.weight))
-    w0 = min((t for t, _ in weights), default=t0)
     out = [
         line_chart(
             "canary weight (%) over the rollout",
             [Line("weight", weights, "canary", step=True)],
-            min(w0, t0),
+            min(t0, weights[0][0]),
             t1,
             fmt=lambda v: f"{v:g}%",
             y_max=100,

@@ -2,14 +2,12 @@
 while a rollout is promoted and another rolled back, both moved by real controller passes over
 real window counts in a real Redis, and the page's actions behind the token.
 
-Screenshots are kept in the test's tmp directory (pytest keeps the last three runs);
-LVMGW_DOCS_SCREENSHOT=1 also refreshes docs/status-page.png for the README.
+Screenshots are kept in the test's tmp directory (pytest keeps the last three runs):
+after-promotion.png, during-rollout.png, after-rollback.png.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -26,7 +24,6 @@ from lvm_gateway.rollout.store import RolloutStore
 from tests.integration.admin_env import TOKEN, admin_gateway, traffic
 
 CHROMIUM = Path("/usr/bin/chromium")
-DOCS_SHOT = Path(__file__).resolve().parents[2] / "docs" / "status-page.png"
 
 pytestmark = [
     pytest.mark.integration,
@@ -119,8 +116,6 @@ async def test_a_person_sees_a_promotion_and_a_rollback(redis_url: str, tmp_path
             shown = await lanes.all_inner_texts()
             assert shown == [f"lane_{i}" for i in range(12)]  # numeric: lane_2 before lane_10
             await page.screenshot(path=tmp_path / "during-rollout.png", full_page=True)
-            if os.environ.get("LVMGW_DOCS_SCREENSHOT") == "1":
-                shutil.copy(tmp_path / "during-rollout.png", DOCS_SHOT)
 
             assert await controller_pass(store, "slow", 15) == Phase.ROLLED_BACK
             await expect(slow.get_by_test_id("phase")).to_have_text("RolledBack", timeout=6000)

@@ -6,8 +6,9 @@ import re
 import xml.etree.ElementTree as ET
 
 from lvm_gateway.admin.charts import Line, Rule, line_chart
-from lvm_gateway.admin.model import Detail
-from lvm_gateway.admin.page import _metric, ladder
+from lvm_gateway.admin.model import Detail, LaneRow, MetricRow
+from lvm_gateway.admin.page import _metric, charts, ladder, render
+from lvm_gateway.contract.lvm import lane_order
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -87,3 +88,33 @@ def test_metric_values_are_shown_in_their_units() -> None:
     assert _metric(0.0123, "error_rate") == "1.23%"
     assert _metric(None, "hit5") == "-"
     assert re.fullmatch(r"\d+%", _metric(0.6, "hit5"))
+
+
+def test_lanes_sort_numerically_and_none_comes_last() -> None:
+    lanes = ["none", "lane_10", "lane_2", "lane_0", "lane_15"]
+    assert sorted(lanes, key=lane_order) == ["lane_0", "lane_2", "lane_10", "lane_15", "none"]
+
+
+def test_the_lane_the_analysis_judged_is_marked_in_the_lane_table() -> None:
+    doc = _detail("Progressing", 0).model_copy(
+        update={
+            "lanes": [
+                LaneRow(lane=lane, requests=1, errors=0, feedback=1, hit5=0.5, stable_feedback=1,
+                        stable_hit5=0.5, delta=0.0)
+                for lane in ("lane_2", "lane_10", "lane_15")
+            ],
+            "metrics": [
+                MetricRow(metric="lane_delta", kind="max", value=0.45, samples=300, needed=60,
+                          success=0.15, rollback=0.2, verdict="breach", where="lane_15")
+            ],
+        }
+    )  # fmt: skip
+    html = render("rollouts.html", rollouts=[{
+        "doc": doc, "ladder": ladder(doc), "charts": charts(doc, [], 1000.0), "history": [],
+        "history_total": 0,
+    }])  # fmt: skip
+    rows = re.findall(r"<tr( class=\"worst\"[^>]*)?><td>(lane_\d+)</td>", html)
+    assert [(lane, bool(worst)) for worst, lane in rows] == [
+        ("lane_2", False), ("lane_10", False), ("lane_15", True),
+    ]  # fmt: skip
+    assert "45% (lane_15)" in html and html.count("<svg") == 4
