@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from lvm_gateway.contract.windows import BUCKET_SECONDS
-from lvm_gateway.procs import BIN, free_port
+from lvm_gateway.procs import BIN, free_port, start, stop
 from lvm_gateway.redisconn import open_client, start_redis_server
 from lvm_gateway.rollout.agent.recorder import WindowRecorder
 from tests.integration.admin_env import (
@@ -220,3 +220,24 @@ def test_redis_lost_is_a_503_document_and_the_page_recovers(tmp_path: Path) -> N
     finally:
         server.kill()
         server.wait(5)
+
+
+def test_with_workers_one_admin_server_runs_beside_them(redis_url: str, tmp_path: Path) -> None:
+    """The admin server lives in the supervising process: N workers, one status page, and a
+    clean stop of all of it."""
+    policy = write_policy(tmp_path / "p.yaml", "admworkers")
+    port, admin_port = free_port(), free_port()
+    proc = start(
+        ["lvm-gateway", "serve", "--config", str(policy), "--port", str(port),
+         "--redis", redis_url, "--workers", "2", "--admin-port", str(admin_port)],
+        health_url=f"http://127.0.0.1:{port}/readyz", log=tmp_path / "serve.log",
+    )  # fmt: skip
+    try:
+        listed = httpx.get(f"http://127.0.0.1:{admin_port}/api/v1/rollouts", timeout=10)
+        assert [r["name"] for r in listed.json()["rollouts"]] == ["phase2", "slow"]
+    finally:
+        stop(proc)
+    assert proc.returncode == 0
+    log = (tmp_path / "serve.log").read_text()
+    assert log.count("status page on http://127.0.0.1:") == 1
+    assert log.count("Started server process") == 3  # two workers and the admin server
