@@ -14,10 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m lvm_gateway.demo
+	$(BIN)/python -m lvm_gateway.demo $(DEMO_ARGS)
 
 demo-tmd: $(STAMP)
-	$(BIN)/python -m lvm_gateway.demo --tmd
+	$(BIN)/python -m lvm_gateway.demo --tmd $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -14,7 +14,8 @@ others) behind the TMD mixture policy are rolled out against the phase2 champion
 then one expert is killed under full traffic and every request is still answered, by the
 next-best expert.
 
-The rollouts' histories are printed at the end.
+The rollouts' histories are printed at the end. The gateway serves the status page on an admin
+port (its address and actions token are printed first); `--keep` leaves it all running after.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -59,6 +61,7 @@ class Stack:
     servers: dict[str, str]
     gateway: str
     config: Path
+    admin: str  # the status page
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
 
@@ -132,15 +135,19 @@ def stack(workdir: Path, redis_url: str, servers_args: dict[str, list[str]],
             console.print(f"  model server [bold]{name}[/] on {url} ({shown})")
         config = workdir / "policy.yaml"
         config.write_text(first_policy(servers))
-        port = free_port()
+        port, admin_port = free_port(), free_port()
         gateway = f"http://127.0.0.1:{port}"
+        token = secrets.token_urlsafe(18)  # the page's actions work for whoever ran the demo
         procs["gateway"] = start(
             ["lvm-gateway", "serve", "--config", str(config), "--port", str(port),
-             "--redis", redis_url, "--log-level", "warning"],
+             "--redis", redis_url, "--log-level", "warning", "--admin-port", str(admin_port)],
+            env={"LVMGW_ADMIN_TOKEN": token},
             health_url=f"{gateway}/readyz", log=workdir / "gateway.log",
         )  # fmt: skip
+        admin = f"http://127.0.0.1:{admin_port}/"
         console.print(f"  gateway on {gateway}, policy {config}, Redis {redact_url(redis_url)}")
-        yield Stack(servers, gateway, config, procs)
+        console.print(f"  [bold]status page: {admin}[/]  (actions token: {token})", soft_wrap=True)
+        yield Stack(servers, gateway, config, admin, procs)
     finally:
         for proc in procs.values():
             stop(proc)
@@ -268,7 +275,7 @@ def _metric(gateway: str, name: str, labels: str) -> float:
     )
 
 
-async def main_async(tmd: bool) -> int:
+async def main_async(tmd: bool, keep: bool = False) -> int:
     t0 = time.monotonic()
     home = home_dir()
     workdir = home / ("demo-tmd" if tmd else "demo")
@@ -294,6 +301,10 @@ async def main_async(tmd: bool) -> int:
             console.print(
                 history_lines(await store.history(name), steps, wide=console.width >= 160)
             )
+        if keep:
+            console.print(f"  [bold]status page still up: {st.admin}[/]  (Ctrl-C to stop)")
+            with contextlib.suppress(asyncio.CancelledError):  # Ctrl-C cancels the main task
+                await asyncio.Event().wait()
     await client.aclose()
     ok = outcome == expected
     summary = ", ".join(f"{name}: {phase}" for name, phase in outcome.items())
@@ -307,8 +318,13 @@ async def main_async(tmd: bool) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = termout.parser("python -m lvm_gateway.demo", __doc__)
     parser.add_argument("--tmd", action="store_true", help="the TMD mixture story")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="after the story, keep everything running (the status page stays up) until Ctrl-C",
+    )
     args = parser.parse_args(argv)
-    sys.exit(asyncio.run(main_async(args.tmd)))
+    sys.exit(asyncio.run(main_async(args.tmd, args.keep)))
 
 
 if __name__ == "__main__":

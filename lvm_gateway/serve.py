@@ -14,13 +14,22 @@ import socket
 import sys
 import tempfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lvm_gateway import termout
 from lvm_gateway.config.load import json_schema, load_config
-from lvm_gateway.errors import ConfigError, RedisUnavailableError, RedisUrlError
+from lvm_gateway.errors import (
+    AdminServerError,
+    ConfigError,
+    RedisUnavailableError,
+    RedisUrlError,
+)
 from lvm_gateway.logfmt import FORMATS, LEVELS, dict_config
 
 log = logging.getLogger("lvm_gateway.serve")
+
+if TYPE_CHECKING:
+    from lvm_gateway.admin.server import AdminServer
 
 _ENV_CONFIG = "LVMGW_CONFIG"
 _ENV_REDIS = "LVMGW_REDIS_URL"
@@ -72,6 +81,32 @@ class ClientLimits:
     max_connections: int | None = None  # beyond: 503 (uvicorn's limit_concurrency)
 
 
+@dataclass(frozen=True)
+class AdminSettings:
+    """The status page's server: `--admin-port`, `--admin-host`, `--admin-token-env`."""
+
+    host: str
+    port: int
+    token_env: str
+
+
+def start_admin(
+    settings: AdminSettings, redis_url: str, prefix: str, log_level: str
+) -> AdminServer:
+    """The status page and its API on their own port, once per serve (not per worker)."""
+    from lvm_gateway.admin.app import AdminApp, check_token
+    from lvm_gateway.admin.server import AdminServer
+
+    token = check_token(os.environ.get(settings.token_env), f"${settings.token_env}")
+    server = AdminServer(
+        AdminApp(redis_url, prefix, token), settings.host, settings.port, log_level
+    )
+    server.start()
+    mode = "actions need the token" if token else f"read-only (${settings.token_env} is not set)"
+    logging.getLogger("lvm_gateway.admin").info("status page on %s (%s)", server.url, mode)
+    return server
+
+
 def serve(
     config_path: str,
     host: str,
@@ -83,6 +118,7 @@ def serve(
     limits: ClientLimits = ClientLimits(),
     log_format: str = "text",
     access_log: bool = False,
+    admin: AdminSettings | None = None,
 ) -> None:
     import uvicorn
 
@@ -95,6 +131,11 @@ def serve(
     redis_url = resolve_redis_url(redis)
     os.environ[_ENV_CONFIG] = os.path.abspath(config_path)
     os.environ[_ENV_REDIS] = redis_url
+    admin_server = (
+        start_admin(admin, redis_url, config.spec.redis_prefix, log_level)
+        if admin is not None
+        else None
+    )
     os.environ[_ENV_CONTROLLER] = "1" if controller else "0"
     # This process's protocol class, and (through the environment) every worker's.
     os.environ[HEADER_TIMEOUT_ENV] = str(limits.header_timeout_s)
@@ -107,25 +148,29 @@ def serve(
     )  # fmt: skip
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lvmgw-metrics-")
-    uvicorn.run(
-        "lvm_gateway.serve:build_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers if workers > 1 else None,
-        loop="uvloop",
-        http="lvm_gateway.gateway.server:GuardedHttpToolsProtocol",
-        timeout_keep_alive=limits.keep_alive_s,
-        # The gateway appends the peer to X-Forwarded-For itself; uvicorn rewriting the client
-        # address from that header (its default for 127.0.0.1) would repeat a client's claim.
-        proxy_headers=False,
-        limit_concurrency=limits.max_connections,
-        lifespan="on",
-        access_log=access_log,
-        log_config=log_config,
-        log_level=log_level,
-        timeout_graceful_shutdown=5,
-    )
+    try:
+        uvicorn.run(
+            "lvm_gateway.serve:build_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers if workers > 1 else None,
+            loop="uvloop",
+            http="lvm_gateway.gateway.server:GuardedHttpToolsProtocol",
+            timeout_keep_alive=limits.keep_alive_s,
+            # The gateway appends the peer to X-Forwarded-For itself; uvicorn rewriting the client
+            # address from that header (its default for 127.0.0.1) would repeat a client's claim.
+            proxy_headers=False,
+            limit_concurrency=limits.max_connections,
+            lifespan="on",
+            access_log=access_log,
+            log_config=log_config,
+            log_level=log_level,
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        if admin_server is not None:
+            admin_server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,6 +216,22 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="answer 503 beyond N concurrent connections (default: no cap)",
     )
+    p_serve.add_argument(
+        "--admin-port",
+        type=int,
+        default=None,
+        help="serve the status page and its JSON API on this port (default: off)",
+    )
+    p_serve.add_argument(
+        "--admin-host", default=None, help="the status page's address (default: --host)"
+    )
+    p_serve.add_argument(
+        "--admin-token-env",
+        default="LVMGW_ADMIN_TOKEN",
+        metavar="VAR",
+        help="environment variable holding the bearer token for the page's actions; "
+        "unset or empty: read-only (default: %(default)s)",
+    )
     p_val = sub.add_parser("validate", help="check a policy file; exit 2 listing every error")
     p_val.add_argument("file")
     p_val.add_argument("--json", action="store_true", help='print {"valid", "errors"} as JSON')
@@ -203,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
             ClientLimits(args.client_header_timeout, args.keep_alive_timeout, args.max_connections),
             args.log_format,
             args.access_log,
+            None
+            if args.admin_port is None
+            else AdminSettings(args.admin_host or args.host, args.admin_port, args.admin_token_env),
         )
     except ConfigError as exc:
         for e in exc.errors:
@@ -214,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     except RedisUnavailableError as exc:
         print(f"lvm-gateway: {exc}", file=sys.stderr)
         return 1
+    except AdminServerError as exc:
+        print(f"lvm-gateway: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

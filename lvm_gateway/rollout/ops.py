@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from lvm_gateway.contract.lvm import lane_order
 from lvm_gateway.contract.rollout import Actor, Phase, RolloutStatus
 from lvm_gateway.contract.windows import DIVERTED, ERRORS, FEEDBACK, REQUESTS
 from lvm_gateway.errors import ConflictError
@@ -126,7 +127,7 @@ def lane_rows(observations: Observations) -> list[dict[str, Any]]:
     """Per lane: canary traffic and Hit@5 proxy beside the stable variant's on the same lane."""
     canary, stable = observations.canary, observations.stable
     rows = []
-    for lane in sorted(canary.lanes() | stable.lanes()):
+    for lane in sorted(canary.lanes() | stable.lanes(), key=lane_order):
         c_hit = _rate(canary.get(HIT5, lane), canary.get(FEEDBACK, lane))
         s_hit = _rate(stable.get(HIT5, lane), stable.get(FEEDBACK, lane))
         rows.append(
