@@ -41,7 +41,12 @@ from lvm_gateway.rollout.store import RolloutStore
 
 # Shorter tokens are refused at start-up: a guessable secret is worse than none.
 MIN_TOKEN_LENGTH = 16
-_BODIES: dict[str, type[BaseModel]] = {"advance": AdvanceRequest, "rollback": RollbackRequest}
+# abort takes a reason like rollback: both stop the rollout at weight 0.
+_BODIES: dict[str, type[BaseModel]] = {
+    "advance": AdvanceRequest,
+    "rollback": RollbackRequest,
+    "abort": RollbackRequest,
+}
 
 
 def check_token(token: str | None, source: str) -> str | None:
@@ -202,6 +207,8 @@ class AdminApp:
         store = self.store
         if isinstance(body, AdvanceRequest):
             status = await ops.advance(store, name, body.to, body.full, body.force, who)
+        elif isinstance(body, RollbackRequest) and action == "abort":
+            status = await ops.abort(store, name, body.reason, who)
         elif isinstance(body, RollbackRequest):
             status = await ops.rollback(store, name, body.reason, who)
         elif action == "start":

@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from lvm_gateway.contract.rollout import Step
 
 PhaseName = Literal["Pending", "Progressing", "Paused", "Promoted", "RolledBack"]
-Action = Literal["start", "advance", "pause", "resume", "rollback"]
-ACTIONS: tuple[Action, ...] = ("start", "advance", "pause", "resume", "rollback")
+Action = Literal["start", "advance", "pause", "resume", "rollback", "abort"]
+ACTIONS: tuple[Action, ...] = ("start", "advance", "pause", "resume", "rollback", "abort")
 
 
 class Doc(BaseModel):

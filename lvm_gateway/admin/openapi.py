@@ -33,6 +33,7 @@ _ACTION_DOCS = {
     "pause": ("Hold the rollout at its step", None),
     "resume": ("Resume a paused rollout with a fresh step clock", None),
     "rollback": ("Send every user back to the stable variant", RollbackRequest),
+    "abort": ("Abandon the rollout (weight 0, phase Aborted)", RollbackRequest),
 }
 
 

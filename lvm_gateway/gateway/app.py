@@ -435,7 +435,14 @@ class GatewayApp:
                 self.metrics.feedback("rejected")
             await _respond(send, status, body, _JSON, ((b"allow", allowed.encode()),))
             return
-        status, body, ctype = await handler(scope, receive)
+        try:
+            status, body, ctype = await handler(scope, receive)
+        except Exception:  # never a 500: a bug here is logged loudly and answered as a 502
+            log.exception("unexpected error answering %s", path)
+            status, body = _json(
+                502, {"error": "gateway_error", "message": "internal gateway error (logged)"}
+            )
+            ctype = _JSON
         await _respond(send, status, body, ctype, ())
 
     async def _feedback_http(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:

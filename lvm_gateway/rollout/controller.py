@@ -31,6 +31,8 @@ from lvm_gateway.rollout.transitions import ACTIVE, align, auto_start
 
 log = logging.getLogger(__name__)
 
+_SHUTDOWN_S = 2.0  # the most a stopping controller waits for Redis
+
 
 async def reconcile_rollout(
     store: RolloutStore, name: str, identity: str, lease: str | None, now: float
@@ -158,10 +160,12 @@ async def run_controller(
             await _wait(stop, pause)
     finally:
         await _cancel(notifying)
-        with contextlib.suppress(RedisError, OSError):
-            await lease.release()
-        with contextlib.suppress(RedisError, OSError):
-            await client.aclose()
+        # Bounded: a connection left mid-command by the cancellation must not hang shutdown
+        # (the lease then simply expires).
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(lease.release(), _SHUTDOWN_S)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(client.aclose(), _SHUTDOWN_S)
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:

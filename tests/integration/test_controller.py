@@ -75,7 +75,9 @@ async def running(*coros: Any) -> AsyncIterator[None]:
     finally:
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Bounded, so a task stuck in its cleanup fails the test instead of hanging the run.
+        _, stuck = await asyncio.wait(tasks, timeout=10)
+        assert not stuck, f"tasks did not stop: {stuck}"
 
 
 async def test_healthy_canary_is_promoted_step_by_step(rig: Rig) -> None:

@@ -335,3 +335,15 @@ async def test_the_controllers_evidence_is_exported_per_rollout_and_test(app) ->
     assert harm in text
     assert 'test="lane_hit5@lane_3"} 0.15' in text  # its margin, with no estimate yet
     assert 'lvmgw_rollout_analysis_estimate{rollout="phase2",test="lane_hit5@lane_3"}' not in text
+
+
+async def test_a_fixed_endpoint_that_fails_answers_502_not_500(app) -> None:
+    gw, cp = app
+
+    def broken() -> Mapping[str, str]:
+        raise RuntimeError("a collector bug")
+
+    gw.rollout_collector.phases = broken
+    r = await asgi(gw, "GET", "/metrics")
+    assert r.status == 502 and r.json()["error"] == "gateway_error"
+    assert (await asgi(gw, "GET", "/healthz")).status == 200

@@ -98,6 +98,7 @@ class RolloutDataPlane:
     def routing(self) -> str:
         return self.snapshot.routing
 
+    @property
     def phases(self) -> Mapping[str, str]:
         """Each bound rollout's phase as last read (Pending before its first start)."""
         return {n: str(s.phase) if s else "Pending" for n, s in self.snapshot.statuses.items()}
