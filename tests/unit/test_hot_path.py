@@ -338,7 +338,7 @@ async def test_the_controllers_evidence_is_exported_per_rollout_and_test(app) ->
 
 
 async def test_a_fixed_endpoint_that_fails_answers_502_not_500(app) -> None:
-    gw, cp = app
+    gw, _ = app
 
     def broken() -> Mapping[str, str]:
         raise RuntimeError("a collector bug")
