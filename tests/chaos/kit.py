@@ -17,7 +17,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,21 +234,6 @@ LOOSE: dict[str, Any] = {
     "success": {"p95_ms_max": 1000, "error_rate_max": 0.01},
     "rollback": {"p95_ms_max": 5000, "error_rate_max": 0.05},
 }
-
-
-async def until_status(
-    store: RolloutStore, check: Callable[[RolloutStatus], bool], timeout_s: float, what: str
-) -> RolloutStatus:
-    """Poll rollout phase2 until `check` holds; a Redis that is restarting is retried."""
-    deadline = time.monotonic() + timeout_s
-    status = None
-    while True:
-        with contextlib.suppress(RedisError, OSError):
-            status = await store.get("phase2")
-            if check(status):
-                return status
-        assert time.monotonic() < deadline, f"timed out waiting for {what}; last: {status}"
-        await asyncio.sleep(0.05)
 
 
 async def snapshot(

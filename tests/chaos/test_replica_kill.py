@@ -29,11 +29,10 @@ from tests.chaos.kit import (
     Scenario,
     moves,
     snapshot,
-    until_status,
     wait,
 )
 from tests.integration.gateway_env import Gateway, gateway
-from tests.rolloutkit import rollout_store, write_policy
+from tests.rolloutkit import rollout_store, until_status, write_policy
 
 pytestmark = pytest.mark.integration
 
