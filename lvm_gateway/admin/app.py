@@ -33,7 +33,7 @@ from lvm_gateway.admin.model import (
     RolloutList,
 )
 from lvm_gateway.admin.openapi import openapi_document
-from lvm_gateway.contract.strict import pydantic_errors
+from lvm_gateway.contract.humanize import humanize
 from lvm_gateway.errors import AdminServerError, RolloutError, UnknownRolloutError
 from lvm_gateway.redisconn import open_client
 from lvm_gateway.rollout import ops
@@ -188,9 +188,10 @@ class AdminApp:
                 return _error(400, "bad_request", f"{action} takes no body")
             return None
         try:
-            return model.model_validate({} if data is None else data)
+            document = {} if data is None else data
+            return model.model_validate(document)
         except ValidationError as exc:
-            return _error(400, "bad_request", "; ".join(pydantic_errors(exc)))
+            return _error(400, "bad_request", "; ".join(humanize(exc, document, model)))
 
     async def act(self, request: Request) -> Response:
         name, action = request.path_params["name"], request.path_params["action"]

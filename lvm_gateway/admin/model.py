@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lvm_gateway.contract.rollout import Step
 
-PhaseName = Literal["Pending", "Progressing", "Paused", "Promoted", "RolledBack"]
+PhaseName = Literal["Pending", "Progressing", "Paused", "Promoted", "RolledBack", "Aborted"]
 Action = Literal["start", "advance", "pause", "resume", "rollback", "abort"]
 ACTIONS: tuple[Action, ...] = ("start", "advance", "pause", "resume", "rollback", "abort")
 
@@ -91,6 +91,12 @@ class Detail(Summary):
     requests: int | None = None
     next: str = Field(description="what the controller would do next, and why")
     series: list[SeriesPoint]
+    removed: bool = Field(default=False, description="removed from the policy file")
+    diverted: int = Field(default=0, description="canary requests diverted (its circuit open)")
+    evidence: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="the judge's tests: estimates, anytime-valid interval, standing (judge.md)",
+    )
 
 
 class RolloutList(Doc):

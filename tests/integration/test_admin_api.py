@@ -99,7 +99,7 @@ def test_errors_are_documents_with_the_declared_status(api: httpx.Client) -> Non
     assert api.post("rollouts/nope/pause", headers=AUTH).status_code == 404
     action = api.post("rollouts/phase2/explode", headers=AUTH)
     assert action.status_code == 404 and action.json()["message"] == (
-        "unknown action 'explode' (known: start, advance, pause, resume, rollback)"
+        "unknown action 'explode' (known: start, advance, pause, resume, rollback, abort)"
     )
     bad = api.post("rollouts/phase2/advance", headers=AUTH, json={"to": 250})
     assert bad.status_code == 400 and bad.json()["message"].startswith("to: ")

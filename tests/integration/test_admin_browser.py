@@ -72,7 +72,7 @@ async def test_a_person_sees_a_promotion_and_a_rollback(redis_url: str, tmp_path
             phase2, slow = section(page, "phase2"), section(page, "slow")
             await expect(phase2.get_by_test_id("phase")).to_have_text("Pending")
             # Read-only until the token is entered: every action button is disabled.
-            assert await page.locator("button.action").count() == 10
+            assert await page.locator("button.action").count() == 12  # 6 actions x 2 rollouts
             assert await page.locator("button.action:enabled").count() == 0
 
             # -- a promotion, walked by the controller step by step --------------------------
@@ -102,17 +102,11 @@ async def test_a_person_sees_a_promotion_and_a_rollback(redis_url: str, tmp_path
             assert await latency.locator("line.rule.bad").count() == 1  # the rollback bound
             await page.screenshot(path=tmp_path / "after-promotion.png", full_page=True)
 
-            # -- a rollback: two breaching analyses in a row ---------------------------------
+            # -- a rollback: the judge has evidence of harm at the first analysis -------------
+            # (40x stable's latency; no failure_limit to wait out: docs/judge.md)
             await ops.start(store, "slow", identity="test")
-            assert await controller_pass(store, "slow", 15) == Phase.PROGRESSING
-            await expect(slow.get_by_test_id("reason")).to_contain_text(
-                "analysis breached 1/2: p95_ms", timeout=6000
-            )
-            breach = slow.locator("table.metrics tr.verdict-breach")
-            await expect(breach.locator("td").first).to_have_text("p95_ms")
-            await expect(breach.locator("td.verdict")).to_have_text("breach")
-            await expect(breach.locator("td").nth(3)).to_have_text("> 10 ms")
             lanes = slow.locator("table.lanes tbody tr td:first-child")
+            await expect(lanes.first).to_have_text("lane_0", timeout=6000)
             shown = await lanes.all_inner_texts()
             assert shown == [f"lane_{i}" for i in range(12)]  # numeric: lane_2 before lane_10
             await page.screenshot(path=tmp_path / "during-rollout.png", full_page=True)
@@ -121,7 +115,7 @@ async def test_a_person_sees_a_promotion_and_a_rollback(redis_url: str, tmp_path
             await expect(slow.get_by_test_id("phase")).to_have_text("RolledBack", timeout=6000)
             await expect(slow.get_by_test_id("weight")).to_have_text("weight 0%")
             reason = await slow.get_by_test_id("reason").inner_text()
-            assert reason.startswith("rollback: p95_ms ") and "(2 consecutive analyses)" in reason
+            assert reason.startswith("rollback: evidence of harm") and "slow_rate" in reason
             await expect(slow.locator(".ladder li.current.rolledback")).to_have_text("shadow")
             newest = slow.locator("table.history tbody tr").first
             await expect(newest.locator("td.reason")).to_have_text(reason)
@@ -131,7 +125,7 @@ async def test_a_person_sees_a_promotion_and_a_rollback(redis_url: str, tmp_path
             # -- actions: a wrong token is refused, the right one acts -----------------------
             await page.fill("#token", "not-the-token-at-all")
             await page.click("#token-save")
-            assert await page.locator("button.action:enabled").count() == 10
+            assert await page.locator("button.action:enabled").count() == 12
             await slow.locator("button[data-action='start']").click()
             await expect(page.locator("#flash")).to_have_text(
                 "start slow refused (401): wrong token"
