@@ -264,6 +264,27 @@ def stop_embedded(home: Path | None = None, timeout_s: float = 10.0) -> int | No
     return pid
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def check_redis_url(url: str) -> str:
+    """`url` if the Redis client can use it; otherwise a RedisUrlError saying what is wrong, in
+    one line with the password redacted (instead of a ValueError traceback from the client)."""
+    shown = redact_url(url)
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        schemes = ", ".join(f"{s}://" for s in REDIS_SCHEMES)
+        raise RedisUrlError(f"bad Redis URL: {shown!r} is not a Redis URL (use {schemes})")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise RedisUrlError(f"bad Redis URL: {shown!r} names no host")
+    try:
+        parts.port  # noqa: B018 - reading it checks it
+        parse_url(url)
+    except ValueError:
+        raise RedisUrlError(f"bad Redis URL: {shown!r} has an invalid port or query") from None
+    return url
+
+
 def resolve_redis_url(explicit: str | None, start_embedded: bool = True) -> str:
     """`explicit` > `$REDIS_URL` > the embedded daemon, started only when `start_embedded`.
 
@@ -272,11 +293,7 @@ def resolve_redis_url(explicit: str | None, start_embedded: bool = True) -> str:
     """
     url = explicit or os.environ.get("REDIS_URL")
     if url:
-        try:
-            parse_url(url)  # a malformed URL is one line naming it, not a ValueError traceback
-        except ValueError as exc:
-            raise RedisUrlError(f"bad Redis URL {redact_url(url)}: {exc}") from exc
-        return url
+        return check_redis_url(url)
     if start_embedded:
         return ensure_embedded()
     emb = embedded()

@@ -43,17 +43,17 @@ def test_pause_step_abort_and_the_status_gate(
     assert "still Pending after 0.3s" in pending.stderr
     assert run("start", "phase2").returncode == 0
     into_pause = run("advance", "phase2")
-    assert into_pause.returncode == 0 and "Paused step 2 weight 10%" in into_pause.stdout
+    assert into_pause.returncode == 0 and "Paused step 2/4 (pause) weight 10%" in into_pause.stdout
     assert "waiting for `rolloutctl resume`" in into_pause.stdout
     gate = run("status", "phase2", "--timeout", "30s")
     assert gate.returncode == EXIT_PAUSED and "Paused" in gate.stdout
     resumed = run("resume", "phase2")
-    assert resumed.returncode == 0 and "Progressing step 3 weight 50%" in resumed.stdout
+    assert resumed.returncode == 0 and "Progressing step 3/4 (50%) weight 50%" in resumed.stdout
     table = run("status", "phase2")
-    assert "[10, pause, 50, 100]" in table.stdout and "3/4" in table.stdout
+    assert "10 -> pause -> 50 -> 100" in table.stdout and "3/4" in table.stdout
 
     aborted = run("abort", "phase2", "--reason", "wrong build")
-    assert aborted.returncode == 0 and "Aborted step 3 weight 0%" in aborted.stdout
+    assert aborted.returncode == 0 and "Aborted step 3/4 (50%) weight 0%" in aborted.stdout
     assert run("status", "phase2", "--timeout", "5s").returncode == EXIT_ABORTED
     refused = run("abort", "phase2")
     assert refused.returncode == 1 and "cannot abort phase2: it is Aborted" in refused.stderr

@@ -75,7 +75,6 @@ class RolloutDataPlane:
         state_file = state_dir / f"rollouts-{prefix}.json" if state_dir is not None else None
         self.snapshot = RolloutSnapshot(redis_url, prefix, poll_interval_s, state_file)
         self.deliveries = DeliveryStats()  # webhook outcomes while this process's controller led
-        self.snapshot = RolloutSnapshot(redis_url, prefix, poll_interval_s)
         self._client = open_client(redis_url)
         self._store = RolloutStore(self._client, prefix)
         self._stop = asyncio.Event()
