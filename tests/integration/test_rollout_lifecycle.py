@@ -78,7 +78,7 @@ def test_pause_step_abort_and_the_status_gate(
     assert waiting.returncode == 0
     lines = out.strip().splitlines()
     assert len(lines) == 3, out
-    assert "Progressing step 1" in lines[0] and "step 3 weight 50%" in lines[1]
+    assert "Progressing step 1" in lines[0] and "step 3/4 (50%) weight 50%" in lines[1]
     assert "Promoted" in lines[2]
 
     assert run("rollback", "phase2").returncode == 0
