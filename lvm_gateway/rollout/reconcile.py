@@ -67,7 +67,12 @@ def reconcile(
         return Action(kind, reason, analysis, metrics)
 
     if analysis.circuit_open:
-        reason = f"rollback: the canary's circuit opened ({analysis.circuit_open}x in the step)"
+        # What else the analysis saw says why the circuit opened (errors, NaN, latency).
+        seen = [j.evidence.describe() for j in analysis.harmed]
+        seen += [r.describe() for r in analysis.breached]
+        reason = "; ".join([
+            f"rollback: the canary's circuit opened ({analysis.circuit_open}x in the step)", *seen
+        ])  # fmt: skip
         return rollback(status, now, reason), act(ActionKind.ROLLBACK, reason)
     if analysis.harmed:
         reason = "rollback: evidence of harm: " + "; ".join(
