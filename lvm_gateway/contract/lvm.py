@@ -63,8 +63,11 @@ def tmd_from_headers(headers: Mapping[str, str]) -> Tmd | None:
 def tmd_from_body(doc: Any) -> Tmd | None:
     """The body's `tmd_codes` [domain, task, modifier]; None when absent."""
     codes = doc.get("tmd_codes") if isinstance(doc, dict) else None
-    if codes is None:
-        return None
+    return None if codes is None else tmd_of_codes(codes)
+
+
+def tmd_of_codes(codes: Any) -> Tmd:
+    """[domain, task, modifier] as a Tmd, from a JSON body or a v2 `tmd_codes` tensor."""
     if (
         not isinstance(codes, list)
         or len(codes) != len(TMD_FIELDS)

@@ -31,6 +31,16 @@ from lvm_gateway.config.spec import (
     READY_PATH,
     read_secret,
 )
+from lvm_gateway.contract.oip import (
+    HEADER_LENGTH,
+    HEALTH_LIVE_PATH,
+    HEALTH_READY_PATH,
+    PREDICTED,
+    PROTOCOL,
+    model_metadata,
+    model_of,
+    parse_request_head,
+)
 from lvm_gateway.errors import BadRequestError, ConfigError, UpstreamError
 from lvm_gateway.gateway.bodies import BodyBudget, Receive
 from lvm_gateway.gateway.circuit import Circuits
@@ -132,6 +142,8 @@ class GatewayApp:
             READY_PATH: (frozenset({"GET", "HEAD"}), self._readyz),
             METRICS_PATH: (frozenset({"GET", "HEAD"}), self._metrics),
         }
+        # The v2 protocol's health and model metadata endpoints, while a route speaks it.
+        self._v2: dict[str, tuple[frozenset[str], Endpoint]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -189,7 +201,34 @@ class GatewayApp:
         self.records.configure(config.spec.redis_prefix, fb.ttl_seconds, fb.sample_rate)
         self.bodies.budget_bytes = config.spec.limits.buffered_body_bytes
         self.bodies.timeout_s = config.spec.limits.body_timeout_seconds
+        self._v2 = self._v2_endpoints(config)
         self.config = config
+
+    def _v2_endpoints(self, config: Config) -> dict[str, tuple[frozenset[str], Endpoint]]:
+        models = {model_of(r.path) for r in config.routes.values() if r.protocol == PROTOCOL}
+        if not models:
+            return {}
+        get = frozenset({"GET", "HEAD"})
+
+        async def ready(scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
+            # The protocol's health answers are the status alone, with an empty body.
+            return (200 if self._started else 503), b"", _JSON
+
+        out = {HEALTH_READY_PATH: (get, ready), HEALTH_LIVE_PATH: (get, self._empty_ok)}
+        for model in sorted(m for m in models if m is not None):
+            doc = orjson.dumps(model_metadata(model, "lvm-gateway"))
+
+            async def metadata(
+                scope: Scope, receive: Receive, doc: bytes = doc
+            ) -> tuple[int, bytes, bytes]:
+                return 200, doc, _JSON
+
+            out[f"/v2/models/{model}"] = (get, metadata)
+            out[f"/v2/models/{model}/ready"] = (get, ready)
+        return out
+
+    async def _empty_ok(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
+        return 200, b"", _JSON
 
     async def _flush_records(self) -> None:
         """Prediction records reach Redis within ~100 ms; while Redis is down they wait, bounded."""
@@ -336,6 +375,13 @@ class GatewayApp:
         """(status, body, content type, serving variant, end-to-end response headers, answer
         recorded for feedback)."""
         request_id = cid or gateway_id
+        oip = None
+        if route.protocol == PROTOCOL:
+            oip = parse_request_head(body, headers.get(HEADER_LENGTH))
+            if route.inspect and PREDICTED not in oip.outputs:
+                raise BadRequestError(
+                    f"this route inspects predictions: outputs must include {PREDICTED}"
+                )
         weights = self.dataplane.weights
         view = RoutingView(
             weights=weights,
@@ -346,19 +392,30 @@ class GatewayApp:
             draw=self._random(),
             mirror_draw=self._random(),
         )
-        request = RequestInfo(headers, body)
+        request = RequestInfo(headers, body, oip)
         decision = route.policy.decide(request, view)
         client = scope.get("client")
         inspected = route.inspect or decision.fanout  # a mixture reads its experts' answers
         peer = client[0] if client else None
         scheme = scope.get("scheme", "http")  # optional in ASGI
         forward = upstream_request_headers(headers, peer, scheme, request_id, inspected)
-        target = route.path + (
-            f"?{scope['query_string'].decode()}" if scope["query_string"] else ""
-        )
+        query = f"?{scope['query_string'].decode()}" if scope["query_string"] else ""
         record = route.inspect and self.tokens.ready and self.records.sampled(gateway_id)
         lane = request.lane() if route.inspect else None
-        call = Call(target, body, forward, gateway_id, lane, cid, record, scope["method"])
+        call = Call(
+            route.path + query,
+            body,
+            forward,
+            gateway_id,
+            lane,
+            cid,
+            record,
+            scope["method"],
+            route.protocol,
+            oip,
+            model_of(route.path) or "" if oip is not None else "",
+            query,
+        )
         if decision.mirror is not None:
             self.mirror.submit(decision.mirror, call)
         served = decision.variant
@@ -395,7 +452,7 @@ class GatewayApp:
     # -- fixed endpoints ---------------------------------------------------------------------
 
     async def _fixed_endpoint(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
-        entry = self._fixed.get(path)
+        entry = self._fixed.get(path) or self._v2.get(path)
         if entry is None:
             status, body = _json(404, {
                 "error": "not_found",

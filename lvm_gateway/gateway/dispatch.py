@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import orjson
 
+from lvm_gateway.contract.oip import LVM_PROTOCOL, PROTOCOL, RequestHead
 from lvm_gateway.contract.windows import EMPTY, INVALID
 from lvm_gateway.errors import (
     CircuitOpenError,
@@ -25,7 +26,8 @@ from lvm_gateway.gateway.circuit import Circuits
 from lvm_gateway.gateway.fusion import fuse
 from lvm_gateway.gateway.metrics import MetricsRecorder
 from lvm_gateway.gateway.records import PredictionRecords
-from lvm_gateway.gateway.signals import Prediction, inspect_answer
+from lvm_gateway.gateway.signals import Prediction, inspect_answer, inspect_oip_answer
+from lvm_gateway.gateway.translate import answer_header_length, client_answer, upstream_request
 from lvm_gateway.gateway.upstream import UpstreamPool, UpstreamResponse
 from lvm_gateway.policies.base import Decision
 
@@ -50,6 +52,13 @@ class Call:
     client_id: str | None = None  # the client's X-Request-Id, for tracing only
     record: bool = False  # keep the answers for feedback (sampled, and a token can be issued)
     method: str = "POST"  # as the client sent it
+    protocol: str = LVM_PROTOCOL  # what the client speaks
+    oip: RequestHead | None = None  # a v2 request's checked JSON object
+    model: str = ""  # the model a v2 client named
+    query: str = ""  # "?..." or empty
+    # The body in the other protocol and its content headers, made once for the first variant
+    # that needs it (shared with the call's fallback and mirrored copies).
+    translated: dict[str, tuple[bytes, dict[str, str]]] = field(default_factory=dict)
 
 
 class Dispatcher:
@@ -82,8 +91,9 @@ class Dispatcher:
 
     async def _answer(
         self, variant: str, call: Call, lane: str | None
-    ) -> tuple[UpstreamResponse, Prediction | None]:
-        """The variant's inspected answer, counted against its circuit and in its windows."""
+    ) -> tuple[UpstreamResponse, Prediction | None, str]:
+        """The variant's inspected answer and the protocol it speaks, counted against its
+        circuit and in its windows."""
         if self.circuits.is_open(variant):
             exc: UpstreamError = CircuitOpenError(variant, "circuit open after repeated errors")
             self.metrics.upstream_error(variant, exc.kind)
@@ -92,11 +102,18 @@ class Dispatcher:
         if client is None:  # a copy that outlived the reload that removed its variant
             raise UpstreamConnectError(variant, "no longer configured")
         self.inflight[variant] = self.inflight.get(variant, 0) + 1
+        protocol = client.spec.protocol
+        target, body, headers = upstream_request(call, client.spec)
         t0 = time.perf_counter()
         try:
-            resp = await client.request(call.method, call.target, call.body, call.headers)
-            inspect = lane is not None and resp.status == 200
-            prediction = inspect_answer(resp.body, variant) if inspect else None
+            resp = await client.request(call.method, target, body, headers)
+            prediction = None
+            if lane is not None and resp.status == 200:
+                prediction = (
+                    inspect_oip_answer(resp.body, answer_header_length(resp), variant)
+                    if protocol == PROTOCOL
+                    else inspect_answer(resp.body, variant)
+                )
         except UpstreamError as exc:
             elapsed = time.perf_counter() - t0
             self.circuits.record(variant, True)
@@ -112,17 +129,19 @@ class Dispatcher:
         self.circuits.record(variant, False)
         self.metrics.upstream(variant, elapsed)
         self.windows.record_request(variant, elapsed, False, lane)
-        return resp, prediction
+        return resp, prediction, protocol
 
     async def serve(self, decision: Decision, call: Call, served: bool) -> UpstreamResponse:
-        """Carry out a policy's decision (one variant, or a mixture's fan-out); UpstreamError,
-        after counting it, when there is no answer to give. `served`: the user sees it."""
+        """Carry out a policy's decision (one variant, or a mixture's fan-out): the answer in
+        the client's protocol; UpstreamError, after counting it, when there is no answer to
+        give. `served`: the user sees it."""
         if decision.fanout:
             self.metrics.masked(decision.variant, decision.masked)
-            return await self._mixture(decision, call, served)
-        resp, prediction = await self._answer(decision.variant, call, call.lane)
+            resp = await self._mixture(decision, call, served)
+            return client_answer(call, resp, LVM_PROTOCOL, decision.variant)
+        resp, prediction, protocol = await self._answer(decision.variant, call, call.lane)
         self._observe(decision.variant, call, prediction, served)
-        return resp
+        return client_answer(call, resp, protocol, decision.variant)
 
     async def _mixture(self, decision: Decision, call: Call, served: bool) -> UpstreamResponse:
         """Fan out to the chosen experts at once; fuse the answers that arrive by the deadline.
@@ -148,7 +167,7 @@ class Dispatcher:
                 reason = "deadline" if isinstance(result, TimeoutError) else "error"
                 self.metrics.expert(name, expert, reason)
                 continue
-            _, prediction = result
+            _, prediction, _ = result
             if prediction is not None:
                 answered.append((expert, weight, prediction))
                 self.metrics.expert(name, expert, "answered")

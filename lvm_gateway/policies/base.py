@@ -22,18 +22,25 @@ from lvm_gateway.contract.lvm import (
     tmd_from_body,
     tmd_from_headers,
 )
+from lvm_gateway.contract.oip import RequestHead, request_tmd
 from lvm_gateway.contract.strict import StrictModel
 from lvm_gateway.errors import BadRequestError, UnknownPluginError
 
 
 class RequestInfo:
-    """What a policy may read of a request. The body is parsed at most once, on demand."""
+    """What a policy may read of a request. The body is parsed at most once, on demand.
 
-    __slots__ = ("_json", "_parsed", "body", "headers")
+    A v2 (Open Inference Protocol) request comes with its checked JSON object (`oip`): the
+    context length is its shape, the TMD code its `tmd_codes` tensor."""
 
-    def __init__(self, headers: Mapping[str, str], body: bytes) -> None:
+    __slots__ = ("_json", "_parsed", "body", "headers", "oip")
+
+    def __init__(
+        self, headers: Mapping[str, str], body: bytes, oip: RequestHead | None = None
+    ) -> None:
         self.headers = headers  # lower-case names
         self.body = body
+        self.oip = oip
         self._json: Any = None
         self._parsed = False
 
@@ -53,6 +60,8 @@ class RequestInfo:
                 return int(raw)
             except ValueError as exc:
                 raise BadRequestError(f"X-Context-Length must be an integer, got {raw!r}") from exc
+        if self.oip is not None:
+            return self.oip.context_length
         body = self.json()
         ctx = body.get("context_vectors") if isinstance(body, dict) else None
         if not isinstance(ctx, list):
@@ -62,7 +71,11 @@ class RequestInfo:
     def tmd_codes(self) -> Tmd | None:
         """(domain, task, modifier) from X-TMD-* headers, else the body's tmd_codes, else None."""
         codes = tmd_from_headers(self.headers)
-        return codes if codes is not None else tmd_from_body(self.json())
+        if codes is not None:
+            return codes
+        if self.oip is not None:
+            return request_tmd(self.oip, self.body)
+        return tmd_from_body(self.json())
 
     def lane(self) -> str:
         """The request's lane for metrics, gates and records: the domain of `tmd_codes()`, found
@@ -71,13 +84,16 @@ class RequestInfo:
         code answers it 400)."""
         try:
             codes = tmd_from_headers(self.headers)
-            if codes is None and self._parsed:
-                codes = tmd_from_body(self._json)
+            if codes is None:
+                if self.oip is not None:
+                    codes = request_tmd(self.oip, self.body)
+                elif self._parsed:
+                    codes = tmd_from_body(self._json)
+                else:
+                    return lane_name(domain_in_body(self.body))
         except BadRequestError:
             return NO_LANE
-        if codes is not None:
-            return lane_name(codes[0])
-        return lane_name(domain_in_body(self.body))
+        return lane_name(codes[0] if codes is not None else None)
 
 
 @dataclass(frozen=True, slots=True)
