@@ -382,9 +382,13 @@ def _http(status: int, body: bytes, keep_alive: bool = True) -> bytes:
 class StubResponses:
     """Every wire response the stub can give, encoded once at start-up."""
 
-    def __init__(self, world: World, faults: Faults, latency_ms: float) -> None:
-        vec = np.zeros(DIM, dtype=np.float32)
-        vec[0] = 1.0  # a unit vector that encodes in a few KB
+    def __init__(self, world: World, faults: Faults, latency_ms: float, dense: bool) -> None:
+        if dense:  # a unit vector of 768 non-zero floats: a real model's ~9 KB answer
+            vec = np.random.default_rng(1).standard_normal(DIM).astype(np.float32)
+            vec /= np.linalg.norm(vec)
+        else:
+            vec = np.zeros(DIM, dtype=np.float32)
+            vec[0] = 1.0  # a unit vector that encodes in a few KB
         payload = {
             "predicted_vector": vec,
             "confidence": 1.0,
@@ -496,6 +500,9 @@ def _parser() -> argparse.ArgumentParser:
         help="--checkpoint: longest a request waits for others to batch with",
     )
     p.add_argument("--threads", type=int, default=1, help="--checkpoint: torch intra-op threads")
+    p.add_argument(
+        "--dense", action="store_true", help="stub: a dense ~9 KB answer, as a real model's"
+    )
     return p
 
 
@@ -507,6 +514,8 @@ def _check(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
         p.error("--error-rate plus --nan-rate must not exceed 1")
     if args.latency_ms is not None and args.latency_ms < 0:
         p.error("--latency-ms must be >= 0")
+    if args.dense and args.profile != "stub":
+        p.error("--dense is for --profile stub")
     if args.profile == "stub" and (args.checkpoint or args.degrade_lane):
         p.error("--profile stub takes no --checkpoint or --degrade-lane")
     if args.checkpoint and args.degrade_lane:
@@ -532,7 +541,7 @@ async def _listen(args: argparse.Namespace, world: World) -> tuple[str, int, Clo
         latency = profile.latency_ms if profile else 0.0
     faults = Faults(args.error_rate, args.nan_rate, args.seed)
     if profile is None:
-        responses = StubResponses(world, faults, latency)
+        responses = StubResponses(world, faults, latency, args.dense)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: StubProtocol(responses), args.host, args.port, backlog=1024
