@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import os
@@ -31,6 +32,7 @@ from lvm_gateway.config.spec import (
     READY_PATH,
     read_secret,
 )
+from lvm_gateway.contract.lvm import TMD_SCAN_BYTES
 from lvm_gateway.contract.oip import (
     HEADER_LENGTH,
     HEALTH_LIVE_PATH,
@@ -42,7 +44,7 @@ from lvm_gateway.contract.oip import (
     parse_request_head,
 )
 from lvm_gateway.errors import BadRequestError, ConfigError, UpstreamError
-from lvm_gateway.gateway.bodies import BodyBudget, Receive
+from lvm_gateway.gateway.bodies import BodyBudget, Receive, StreamedBody
 from lvm_gateway.gateway.circuit import Circuits
 from lvm_gateway.gateway.dispatch import Call, Dispatcher, RecorderLike
 from lvm_gateway.gateway.feedback import FeedbackIntake
@@ -64,6 +66,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 _JSON = b"application/json"
 
 Headers = tuple[tuple[bytes, bytes], ...]
+# Smaller bodies arrive in one ASGI message anyway: streaming them would only add overhead.
+STREAM_MIN_BYTES = 64 * 1024
 # A fixed endpoint: (scope, receive) -> (status, body, content type, extra headers).
 Endpoint = Callable[[Scope, Receive], Awaitable[tuple[int, bytes, bytes]]]
 
@@ -202,6 +206,11 @@ class GatewayApp:
         self.bodies.budget_bytes = config.spec.limits.buffered_body_bytes
         self.bodies.timeout_s = config.spec.limits.body_timeout_seconds
         self._v2 = self._v2_endpoints(config)
+        self._one_protocol = frozenset(
+            path
+            for path, r in config.routes.items()
+            if all(config.variants[v].protocol == r.protocol for v in r.policy.leaves())
+        )
         self.config = config
 
     def _v2_endpoints(self, config: Config) -> dict[str, tuple[frozenset[str], Endpoint]]:
@@ -333,7 +342,13 @@ class GatewayApp:
                     f"{scope['method']} not allowed on {path}; use {allowed}", status=405
                 )
             limits = self.config.spec.limits
-            async with self.bodies.read(receive, limits.max_body_bytes) as body:
+            length = self._streams(route, headers)
+            reader = (
+                self.bodies.stream(receive, limits.max_body_bytes, length)
+                if length
+                else self.bodies.read(receive, limits.max_body_bytes)
+            )
+            async with reader as body:
                 status, payload, ctype, variant, passed, recorded = await self._proxy(
                     route, scope, headers, body, gateway_id, cid
                 )
@@ -363,12 +378,32 @@ class GatewayApp:
         await _respond(send, status, payload, ctype, extra)
         self.metrics.request(path, variant, status, time.perf_counter() - started)
 
+    def _streams(self, route: Route, headers: dict[str, str]) -> int:
+        """The body's length when it is streamed to the upstream as it arrives, else 0.
+
+        Streamed: an LVM JSON route (a v2 request's JSON object is read before routing) whose
+        variants all speak it (a translation needs the whole body), a Content-Length body over
+        STREAM_MIN_BYTES, and no policy on the route that needs the body given these headers
+        (context_length without X-Context-Length, tmd without X-TMD-*). Retries, fallbacks and
+        mirrored copies replay the chunks held (bodies.StreamedBody), so they need no buffer of
+        their own; the memory budget is charged the same either way."""
+        raw = headers.get("content-length")
+        if raw is None or "transfer-encoding" in headers or route.protocol == PROTOCOL:
+            return 0
+        try:
+            length = int(raw)
+        except ValueError:
+            return 0
+        if length <= STREAM_MIN_BYTES or route.path not in self._one_protocol:
+            return 0
+        return 0 if route.policy.needs_body(headers) else length
+
     async def _proxy(
         self,
         route: Route,
         scope: Scope,
         headers: dict[str, str],
-        body: bytes,
+        body: bytes | StreamedBody,
         gateway_id: str,
         cid: str | None,
     ) -> tuple[int, bytes, bytes, str, Headers, bool]:
@@ -392,7 +427,7 @@ class GatewayApp:
             draw=self._random(),
             mirror_draw=self._random(),
         )
-        request = RequestInfo(headers, body, oip)
+        request = RequestInfo(headers, b"" if isinstance(body, StreamedBody) else body, oip)
         decision = route.policy.decide(request, view)
         client = scope.get("client")
         inspected = route.inspect or decision.fanout  # a mixture reads its experts' answers
@@ -402,6 +437,10 @@ class GatewayApp:
         query = f"?{scope['query_string'].decode()}" if scope["query_string"] else ""
         record = route.inspect and self.tokens.ready and self.records.sampled(gateway_id)
         lane = request.lane() if route.inspect else None
+        lane_of = None
+        if route.inspect and isinstance(body, StreamedBody):
+            # The body's TMD code is known once its edges arrived: read then, not now.
+            lane_of = functools.partial(_edge_lane, headers, body)
         call = Call(
             route.path + query,
             body,
@@ -415,6 +454,7 @@ class GatewayApp:
             oip,
             model_of(route.path) or "" if oip is not None else "",
             query,
+            lane_of=lane_of,
         )
         if decision.mirror is not None:
             self.mirror.submit(decision.mirror, call)
@@ -539,6 +579,10 @@ class GatewayApp:
             "reasons": reasons,
         })  # fmt: skip
         return status, body, _JSON
+
+
+def _edge_lane(headers: dict[str, str], body: StreamedBody) -> str:
+    return RequestInfo(headers, body.edges(TMD_SCAN_BYTES)).lane()
 
 
 async def _respond(send: Send, status: int, body: bytes, ctype: bytes, extra: Headers) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -22,6 +23,7 @@ from lvm_gateway.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
+from lvm_gateway.gateway.bodies import StreamedBody
 from lvm_gateway.gateway.circuit import Circuits
 from lvm_gateway.gateway.fusion import fuse
 from lvm_gateway.gateway.metrics import MetricsRecorder
@@ -45,7 +47,7 @@ class Call:
     """One client request as every upstream call made for it sends it."""
 
     target: str  # path and query
-    body: bytes
+    body: bytes | StreamedBody  # streamed: forwarded as it arrives (gateway/bodies.py)
     headers: dict[str, str]  # forwarded headers, with X-Request-Id
     request_id: str  # the gateway's own id: the key of the prediction record
     lane: str | None  # None on routes that are not LVM inference routes: answers not inspected
@@ -59,6 +61,11 @@ class Call:
     # The body in the other protocol and its content headers, made once for the first variant
     # that needs it (shared with the call's fallback and mirrored copies).
     translated: dict[str, tuple[bytes, dict[str, str]]] = field(default_factory=dict)
+    # A streamed body's lane, read off its edges once they arrived (lane is then a stand-in).
+    lane_of: Callable[[], str] | None = None
+
+    def lane_now(self) -> str | None:
+        return self.lane_of() if self.lane_of is not None else self.lane
 
 
 class Dispatcher:
@@ -80,7 +87,7 @@ class Dispatcher:
     def _observe(
         self, variant: str, call: Call, prediction: Prediction | None, served: bool
     ) -> None:
-        lane = call.lane
+        lane = call.lane_now()
         if prediction is None or lane is None:
             return
         if prediction.empty:
@@ -107,6 +114,7 @@ class Dispatcher:
         t0 = time.perf_counter()
         try:
             resp = await client.request(call.method, target, body, headers)
+            lane = call.lane_now() or lane if lane is not None else None
             prediction = None
             if lane is not None and resp.status == 200:
                 prediction = (
@@ -173,10 +181,10 @@ class Dispatcher:
                 self.metrics.expert(name, expert, "answered")
         elapsed = time.perf_counter() - t0
         if not answered:
-            self.windows.record_request(name, elapsed, True, call.lane)
+            self.windows.record_request(name, elapsed, True, call.lane_now())
             self.metrics.upstream_error(name, "no_expert")
             raise UpstreamTimeoutError(name, f"none of {len(experts)} experts answered in time")
         doc, fused = fuse(answered)
-        self.windows.record_request(name, elapsed, False, call.lane)
+        self.windows.record_request(name, elapsed, False, call.lane_now())
         self._observe(name, call, fused, served)
         return UpstreamResponse(200, orjson.dumps(doc), "application/json")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ from lvm_gateway.errors import (
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
+from lvm_gateway.gateway.bodies import StreamedBody
 from lvm_gateway.gateway.h1pool import BadResponseError, EndpointPool
 from lvm_gateway.gateway.headers import end_to_end
 
@@ -169,7 +171,7 @@ class VariantClient:
         return start
 
     async def request(
-        self, method: str, target: str, body: bytes, headers: dict[str, str]
+        self, method: str, target: str, body: bytes | StreamedBody, headers: dict[str, str]
     ) -> UpstreamResponse:
         """One call, retried on other endpoints (module docstring); UpstreamError otherwise."""
         loop = asyncio.get_running_loop()
@@ -181,9 +183,11 @@ class VariantClient:
         while True:
             ep = endpoints[idx]
             try:
-                async with asyncio.timeout(self.timeout_s):
+                async with asyncio.timeout(self.timeout_s) as deadline:
+                    streamed = isinstance(body, StreamedBody)
+                    progress = self._progress(deadline, loop) if streamed else None
                     status, raw, data = await ep.pool.request(
-                        method, target, body, headers, self.max_bytes
+                        method, target, body, headers, self.max_bytes, progress
                     )
             except TimeoutError as exc:
                 err: UpstreamError = UpstreamTimeoutError(
@@ -207,6 +211,16 @@ class VariantClient:
             idx = self._retry_target(idx, first, now) if n > 1 else -1
             if idx < 0 or not self.budget.withdraw(now):
                 raise err
+
+    def _progress(
+        self, deadline: asyncio.Timeout, loop: asyncio.AbstractEventLoop
+    ) -> Callable[[bool], None]:
+        """For a streamed body: the timeout runs only while the upstream is awaited."""
+
+        def progress(upstream: bool) -> None:
+            deadline.reschedule(loop.time() + self.timeout_s if upstream else None)
+
+        return progress
 
     def _retry_target(self, idx: int, first: int, now: float) -> int:
         """The next endpoint after `idx` not ejected and not yet tried (tries go round from

@@ -26,6 +26,8 @@ from lvm_gateway.contract.oip import RequestHead, request_tmd
 from lvm_gateway.contract.strict import StrictModel
 from lvm_gateway.errors import BadRequestError, UnknownPluginError
 
+CONTEXT_LENGTH_HEADER = "x-context-length"
+
 
 class RequestInfo:
     """What a policy may read of a request. The body is parsed at most once, on demand.
@@ -54,7 +56,7 @@ class RequestInfo:
         return self._json
 
     def context_length(self) -> int:
-        raw = self.headers.get("x-context-length")
+        raw = self.headers.get(CONTEXT_LENGTH_HEADER)
         if raw is not None:
             try:
                 return int(raw)
@@ -126,6 +128,11 @@ class Policy(Protocol):
 
     def leaves(self) -> frozenset[str]:
         """Every variant this subtree can send to (reference checks, warm-up)."""
+        ...
+
+    def needs_body(self, headers: Mapping[str, str]) -> bool:
+        """Whether deciding a request with these headers may read its body: when no node does,
+        the gateway streams the body to the upstream as it arrives instead of buffering it."""
         ...
 
 
@@ -200,3 +207,6 @@ class Leaf:
 
     def leaves(self) -> frozenset[str]:
         return frozenset({self.variant})
+
+    def needs_body(self, headers: Mapping[str, str]) -> bool:
+        return False

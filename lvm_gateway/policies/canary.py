@@ -9,6 +9,7 @@ the header are split by the per-request random draw.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Annotated
 
@@ -104,6 +105,9 @@ class Canary:
     def leaves(self) -> frozenset[str]:
         extra = {self.mirror} if self.mirror else set()
         return self.stable.leaves() | self.canary.leaves() | extra
+
+    def needs_body(self, headers: Mapping[str, str]) -> bool:
+        return self.stable.needs_body(headers) or self.canary.needs_body(headers)
 
 
 def _build(p: CanaryParams, ctx: BuildContext, path: str) -> Canary:
