@@ -59,6 +59,16 @@ def build_app() -> object:
     return GatewayApp(config, dataplane, redis_url)
 
 
+def build_rsgi_app() -> object:
+    """granian factory: the same app behind the RSGI interface (gateway/rsgi.py)."""
+    from lvm_gateway.gateway.app import GatewayApp
+    from lvm_gateway.gateway.rsgi import RSGIGateway
+
+    app = build_app()
+    assert isinstance(app, GatewayApp)
+    return RSGIGateway(app)
+
+
 @dataclass(frozen=True)
 class ClientLimits:
     """What a client may cost the server: see gateway/server.py."""
@@ -77,6 +87,7 @@ def serve(
     controller: bool,
     log_level: str,
     limits: ClientLimits = ClientLimits(),
+    server: str = "uvicorn",
 ) -> None:
     import uvicorn
 
@@ -92,6 +103,9 @@ def serve(
     GuardedHttpToolsProtocol.header_timeout_s = limits.header_timeout_s
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lvmgw-metrics-")
+    if server == "granian":
+        _serve_granian(host, port, workers, log_level, limits)
+        return
     uvicorn.run(
         "lvm_gateway.serve:build_app",
         factory=True,
@@ -112,6 +126,32 @@ def serve(
     )
 
 
+def _serve_granian(
+    host: str, port: int, workers: int, log_level: str, limits: ClientLimits
+) -> None:
+    """granian (Rust/hyper HTTP, RSGI). Its own client limits: the request-head timeout maps to
+    its http1 header_read_timeout; it has no idle keep-alive timeout and no connection cap
+    (--keep-alive-timeout and --max-connections are uvicorn's)."""
+    try:
+        from granian import Granian
+        from granian.http import HTTP1Settings
+    except ImportError:
+        raise SystemExit("lvm-gateway: --server granian needs `pip install granian`") from None
+    Granian(
+        "lvm_gateway.serve:build_rsgi_app",
+        address=host,
+        port=port,
+        interface="rsgi",
+        workers=workers,
+        loop="uvloop",
+        http="1",
+        http1_settings=HTTP1Settings(header_read_timeout=int(limits.header_timeout_s * 1000)),
+        factory=True,
+        log_level=log_level,
+        backlog=1024,
+    ).serve()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lvm-gateway", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -129,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         help="do not run the rollout controller in this process",
     )
     p_serve.add_argument("--log-level", default="info")
+    p_serve.add_argument(
+        "--server",
+        choices=("uvicorn", "granian"),
+        default="uvicorn",
+        help="the HTTP server: uvicorn (httptools, uvloop; ASGI) or granian (RSGI)",
+    )
     p_serve.add_argument(
         "--client-header-timeout",
         type=float,
@@ -181,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             not args.no_controller,
             args.log_level,
             ClientLimits(args.client_header_timeout, args.keep_alive_timeout, args.max_connections),
+            args.server,
         )
     except ConfigError as exc:
         for e in exc.errors:

@@ -11,6 +11,7 @@ fallback replays the streamed body in full, and the lane comes from the body's t
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import socket
 import socketserver
 import threading
@@ -131,10 +132,24 @@ def wait_for(check: Callable[[], bool], timeout_s: float) -> bool:
     return False
 
 
-def test_a_body_no_policy_reads_is_forwarded_while_it_arrives(upstream, redis_url, tmp_path: Path):
+SERVERS = [
+    "uvicorn",
+    pytest.param(
+        "granian",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("granian") is None, reason="granian not installed"
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("http_server", SERVERS)
+def test_a_body_no_policy_reads_is_forwarded_while_it_arrives(
+    upstream, redis_url, tmp_path: Path, http_server: str
+):
     url, server = upstream
     body = big_body()
-    with gateway(config(url, "a"), redis_url, tmp_path) as gw:
+    with gateway(config(url, "a"), redis_url, tmp_path, "--server", http_server) as gw:
         answer, early = send_in_two_parts(
             gw.url, body, lambda: wait_for(lambda: server.received >= 1024 * 1024, 5.0)
         )
