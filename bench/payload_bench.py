@@ -1,13 +1,13 @@
 """`make bench`, real LVM payloads: 5, 100 and 500 context vectors with a real 768-d answer.
 
 Part 1, the proxies: direct / nginx (1 worker) / gateway (1 worker, the default configuration:
-a sticky 10% canary, answers inspected, 10% recorded), all in front of one fast upstream
-(`lvm-serve --profile stub --dense`: a real ~9 KB prediction, the body read and dropped). wrk
-posts LVM JSON bodies (768 float32 per vector, as orjson writes them, and a `tmd_codes`) at 1
-and 8 connections: req/s, p50/p99, the gateway's
-added p50 over direct against nginx's, its req/s against nginx's, and its CPU per request and
-per MB of request body. Issue 12's targets: at 500 vectors the gateway's added p50 <= 2x
-nginx's and req/s at 8 connections >= 80% of nginx's; at 100 vectors added p50 <= 2x nginx's.
+a sticky 10% canary, answers inspected, 10% recorded; under uvicorn and under granian), all in
+front of one fast upstream (`lvm-serve --profile stub --dense`: a real ~9 KB prediction, the
+body read and dropped). wrk posts LVM JSON bodies (768 float32 per vector, as orjson writes
+them, and a `tmd_codes`) at 1 and 8 connections: req/s, p50/p99, the gateway's added p50 over
+direct against nginx's, its req/s against nginx's, and its CPU per request and per MB of
+request body. Issue 12's targets: at 500 vectors the gateway's added p50 <= 2x nginx's and
+req/s at 8 connections >= 80% of nginx's; at 100 vectors added p50 <= 2x nginx's.
 
 Part 2, end to end: 500 vectors through the gateway to `lvm-serve --profile phase2 --latency-ms
 0`, once as LVM JSON and once as the Open Inference Protocol with binary tensors (both ways),
@@ -44,6 +44,7 @@ USERS = 16  # distinct X-User-Id values: wrk holds one formatted request per use
 MAX_ADDED_P50_VS_NGINX = 2.0  # 100 and 500 vectors
 MIN_RPS_VS_NGINX_500 = 0.80  # 500 vectors, 8 connections
 MIN_BINARY_SPEEDUP = 5.0  # end to end, 500 vectors, p50
+GATEWAYS = ("gateway 1w", "gateway 1w granian")  # uvicorn and granian, one worker each
 
 # The body is read from a file (binary-safe, any size); each user's request is formatted once.
 WRK_SCRIPT = r"""
@@ -178,9 +179,9 @@ def proxy_rows(cells: list[Cell], sizes: tuple[int, ...]) -> tuple[list[list[str
     verdicts: list[str] = []
     for size in sizes:
         by = {c.target: c for c in cells if c.size == size}
-        direct, nginx, gw = by["direct"], by["nginx"], by["gateway 1w"]
+        direct, nginx = by["direct"], by["nginx"]
         base = direct.best(lo)
-        for cell in (direct, nginx, gw):
+        for cell in (direct, nginx, *(by[g] for g in GATEWAYS)):
             a, b = cell.best(lo), cell.best(hi)
             if a is None or b is None or base is None:
                 continue
@@ -196,28 +197,34 @@ def proxy_rows(cells: list[Cell], sizes: tuple[int, ...]) -> tuple[list[list[str
                 f"{a.p99_ms:.3f}",
                 "" if cell is direct else f"{a.p50_ms - base.p50_ms:+.3f}",
                 f"{cpu:.0f}" if cpu else "-",
-                per_mb if cell is gw else "",
+                per_mb if cell.target in GATEWAYS else "",
                 str(sum(x.errors for r in cell.runs.values() for x in r)),
             ])  # fmt: skip
-        ng1, gw1, ng8, gw8 = nginx.best(lo), gw.best(lo), nginx.best(hi), gw.best(hi)
-        if not (base and ng1 and gw1 and ng8 and gw8):
-            continue
-        added_ratio = (gw1.p50_ms - base.p50_ms) / max(ng1.p50_ms - base.p50_ms, 1e-3)
-        rps_ratio = gw8.rps / ng8.rps
-        line = (
-            f"{size} vectors: gateway added p50 {gw1.p50_ms - base.p50_ms:+.3f} ms vs nginx "
-            f"{ng1.p50_ms - base.p50_ms:+.3f} ms = {added_ratio:.1f}x; req/s @{hi} "
-            f"{rps_ratio:.0%} of nginx"
-        )
-        if size >= 100:
-            line += f"; added p50 <= {MAX_ADDED_P50_VS_NGINX:g}x: " + _pass(
-                added_ratio <= MAX_ADDED_P50_VS_NGINX
+        for name in GATEWAYS:
+            ng1, gw1, ng8, gw8 = (
+                nginx.best(lo),
+                by[name].best(lo),
+                nginx.best(hi),
+                by[name].best(hi),
             )
-        if size >= 500:
-            line += f"; req/s >= {MIN_RPS_VS_NGINX_500:.0%}: " + _pass(
-                rps_ratio >= MIN_RPS_VS_NGINX_500
+            if not (base and ng1 and gw1 and ng8 and gw8):
+                continue
+            added_ratio = (gw1.p50_ms - base.p50_ms) / max(ng1.p50_ms - base.p50_ms, 1e-3)
+            rps_ratio = gw8.rps / ng8.rps
+            line = (
+                f"{size} vectors, {name}: added p50 {gw1.p50_ms - base.p50_ms:+.3f} ms vs nginx "
+                f"{ng1.p50_ms - base.p50_ms:+.3f} ms = {added_ratio:.1f}x; req/s @{hi} "
+                f"{rps_ratio:.0%} of nginx"
             )
-        verdicts.append(line)
+            if size >= 100:
+                line += f"; added p50 <= {MAX_ADDED_P50_VS_NGINX:g}x: " + _pass(
+                    added_ratio <= MAX_ADDED_P50_VS_NGINX
+                )
+            if size >= 500:
+                line += f"; req/s >= {MIN_RPS_VS_NGINX_500:.0%}: " + _pass(
+                    rps_ratio >= MIN_RPS_VS_NGINX_500
+                )
+            verdicts.append(line)
     return lines, verdicts
 
 
@@ -317,7 +324,10 @@ def main(argv: list[str] | None = None) -> int:
             urls = {
                 "direct": upstream,
                 "nginx": nginx_proxy(h, upstream),
-                "gateway 1w": bench.gateway("gateway-1w", canary_config(bench)),
+                **{
+                    name: bench.gateway(name.replace(" ", "-"), canary_config(bench), server=srv)
+                    for name, srv in zip(GATEWAYS, ("uvicorn", "granian"), strict=True)
+                },
             }
             cells = []
             for size in sizes:
