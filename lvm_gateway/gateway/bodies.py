@@ -160,7 +160,16 @@ class StreamedBody:
         middle: where a JSON document's `tmd_codes` is found."""
         if self.received <= 2 * n:
             return b"".join(self.chunks)
-        head, tail = self.chunks[0][:n], self.chunks[-1][-n:]
-        if len(tail) < n and len(self.chunks) > 1:
-            tail = self.chunks[-2][len(tail) - n :] + tail
-        return head + b" " + tail
+        return _take(self.chunks, n) + b" " + _take(self.chunks[::-1], n, tail=True)
+
+
+def _take(chunks: list[bytes], n: int, tail: bool = False) -> bytes:
+    """The first n bytes of `chunks` (with tail: the last n of the chunks given in reverse)."""
+    parts: list[bytes] = []
+    for chunk in chunks:
+        part = chunk[-n:] if tail else chunk[:n]
+        parts.append(part)
+        n -= len(part)
+        if n == 0:
+            break
+    return b"".join(parts[::-1] if tail else parts)

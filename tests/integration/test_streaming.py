@@ -197,3 +197,29 @@ def test_a_fallback_replays_the_streamed_body_in_full(upstream, redis_url, tmp_p
         assert r.status_code == 200 and r.headers["x-variant"] == "a", r.text
         assert server.bodies == [hashlib.sha256(body).hexdigest()]
         assert gw.metric("lvmgw_fallbacks_total", from_variant="dead", to_variant="a") == 1
+
+
+def test_a_slow_upload_is_the_clients_time_not_the_upstreams(upstream, redis_url, tmp_path):
+    """The variant's 300 ms timeout runs only while the upstream is awaited: a client pausing
+    1 s mid-body is still answered; one pausing past body_timeout_seconds gets a 408."""
+    url, server = upstream
+    body = big_body(300)
+    doc = orjson.loads(config(url, "a"))
+    doc["variants"]["a"]["timeout_ms"] = 300
+    doc["limits"] = {"body_timeout_seconds": 2.0}
+    with gateway(orjson.dumps(doc).decode(), redis_url, tmp_path) as gw:
+        answer, _ = send_in_two_parts(gw.url, body, lambda: time.sleep(1.0) is None)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        assert server.bodies == [hashlib.sha256(body).hexdigest()]
+        # Stalled past the body timeout: the 408 comes without the rest being sent.
+        with socket.create_connection(("127.0.0.1", int(gw.url.rsplit(":", 1)[1])), 10) as s:
+            s.sendall(
+                b"POST /infer HTTP/1.1\r\nHost: gw\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
+                + body[: 1024 * 1024]
+            )
+            answer = s.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+        assert b"nothing arrived for 2 s" in answer
+        assert len(server.bodies) == 1  # the upstream never got the stalled body whole
