@@ -412,6 +412,7 @@ class GatewayApp:
         request_id = cid or gateway_id
         oip = None
         if route.protocol == PROTOCOL:
+            assert isinstance(body, bytes)  # v2 bodies are read whole (_streams)
             oip = parse_request_head(body, headers.get(HEADER_LENGTH))
             if route.inspect and PREDICTED not in oip.outputs:
                 raise BadRequestError(
@@ -452,7 +453,7 @@ class GatewayApp:
             scope["method"],
             route.protocol,
             oip,
-            model_of(route.path) or "" if oip is not None else "",
+            model_of(route.path) or "",
             query,
             lane_of=lane_of,
         )

@@ -26,10 +26,11 @@ are read and dropped (the gateway answers with a Content-Length body).
 A request body is written with its head in one write when small; a large one follows the head
 in a second write of the same object (no join: a 4.4 MB join cost ~2 ms). A streamed body
 (gateway/bodies.py StreamedBody) is written chunk by chunk as the client's bytes arrive, pausing
-while the socket's buffer is full (pause_writing/resume_writing); `progress` is called at each
-chunk, so the caller's deadline counts from the last byte sent rather than from the start of an
-upload. An answer that arrives before the body is all sent ends the sending, and the connection
-is not reused (the upstream has not read the rest).
+while the socket's buffer is full (pause_writing/resume_writing); `progress` tells the caller
+when the wait is the client's (its next chunk) and when the upstream's, so a variant's timeout
+counts only the time the upstream keeps the gateway waiting, not a slow upload. An answer that
+arrives before the body is all sent ends the sending, and the connection is not reused (the
+upstream has not read the rest).
 """
 
 from __future__ import annotations
