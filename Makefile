@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-tmd test lint bench fmt clean schema
+.PHONY: demo demo-tmd test chaos lint bench fmt clean schema
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -14,14 +14,19 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m lvm_gateway.demo
+	$(BIN)/python -m lvm_gateway.demo $(DEMO_ARGS)
 
 demo-tmd: $(STAMP)
-	$(BIN)/python -m lvm_gateway.demo --tmd
+	$(BIN)/python -m lvm_gateway.demo --tmd $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# The chaos suite in full (make test runs it bounded): real processes SIGKILLed under load,
+# broken policy edits, operators racing; prints one table row per scenario (README "Chaos").
+chaos: $(STAMP)
+	LVM_CHAOS=full $(BIN)/python -m pytest -q -s --timeout 900 tests/chaos
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -14,15 +14,16 @@ others) behind the TMD mixture policy are rolled out against the phase2 champion
 then one expert is killed under full traffic and every request is still answered, by the
 next-best expert.
 
-The rollouts' histories are printed at the end.
+The rollouts' histories are printed at the end. The gateway serves the status page on an admin
+port (its address and actions token are printed first); `--keep` leaves it all running after.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -31,20 +32,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.rule import Rule
-from rich.table import Table
+from rich.text import Text
 
+from lvm_gateway import termout
 from lvm_gateway.lvm.traffic import TrafficConfig, TrafficReport, render, run_traffic
 from lvm_gateway.procs import free_port, start, stop, wait_http
 from lvm_gateway.redisconn import ensure_embedded, home_dir, open_client, redact_url
 from lvm_gateway.rollout import ops
-from lvm_gateway.rollout.cli import status_table
+from lvm_gateway.rollout.cli import history_lines, status_table, step_text, steps_of
 from lvm_gateway.rollout.store import RolloutStore
 
-console = Console()
+console = termout.console()
 PREFIX = "demo"
 TERMINAL = ("Promoted", "RolledBack", "Paused")
 EXPERTS = [f"e{i}" for i in range(16)]
@@ -59,6 +61,7 @@ class Stack:
     servers: dict[str, str]
     gateway: str
     config: Path
+    admin: str  # the status page
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
 
@@ -132,15 +135,19 @@ def stack(workdir: Path, redis_url: str, servers_args: dict[str, list[str]],
             console.print(f"  model server [bold]{name}[/] on {url} ({shown})")
         config = workdir / "policy.yaml"
         config.write_text(first_policy(servers))
-        port = free_port()
+        port, admin_port = free_port(), free_port()
         gateway = f"http://127.0.0.1:{port}"
+        token = secrets.token_urlsafe(18)  # the page's actions work for whoever ran the demo
         procs["gateway"] = start(
             ["lvm-gateway", "serve", "--config", str(config), "--port", str(port),
-             "--redis", redis_url, "--log-level", "warning"],
+             "--redis", redis_url, "--log-level", "warning", "--admin-port", str(admin_port)],
+            env={"LVMGW_ADMIN_TOKEN": token},
             health_url=f"{gateway}/readyz", log=workdir / "gateway.log",
         )  # fmt: skip
+        admin = f"http://127.0.0.1:{admin_port}/"
         console.print(f"  gateway on {gateway}, policy {config}, Redis {redact_url(redis_url)}")
-        yield Stack(servers, gateway, config, procs)
+        console.print(f"  [bold]status page: {admin}[/]  (actions token: {token})", soft_wrap=True)
+        yield Stack(servers, gateway, config, admin, procs)
     finally:
         for proc in procs.values():
             stop(proc)
@@ -185,7 +192,10 @@ async def act_rollout(
             break
         await asyncio.sleep(0.2)
     status = await ops.start(store, name, identity="make demo")
-    console.print(f"  $ rolloutctl start {name}  -> {status.phase}, step {status.step}")
+    steps = await steps_of(store, name)
+    console.print(
+        f"  $ rolloutctl start {name}  -> {status.phase}, step {step_text(status.step, steps)}"
+    )
     cfg = traffic(st.gateway, timeout_s)
     latest: list[TrafficReport] = []
     task = asyncio.create_task(run_traffic(cfg, latest.append))
@@ -195,7 +205,8 @@ async def act_rollout(
             while not task.done():
                 doc = await ops.describe(store, name)
                 phase = doc["phase"]
-                parts = [status_table(doc, lanes=True)]
+                # The 4 worst lanes, not 16: the panel must fit a terminal, or Live cuts it off.
+                parts = [status_table(doc, lanes=True, lane_limit=4)]
                 if latest:
                     parts.append(render(latest[-1], cfg))
                 live.update(Panel(Group(*parts), title=title))
@@ -210,16 +221,6 @@ async def act_rollout(
         total = latest[-1].total()
         console.print(f"  {total.requests} requests, {total.ok} answered 2xx while it ran")
     return str(phase)
-
-
-def history_table(name: str, events: list[dict[str, object]]) -> Table:
-    cols = ("at", "actor", "phase", "step", "weight", "reason")
-    table = Table(title=f"rolloutctl history {name}")
-    for col in cols:
-        table.add_column(col)
-    for e in events:
-        table.add_row(*(str(e.get(c, "")) for c in cols))
-    return table
 
 
 async def classic_story(st: Stack, store: RolloutStore) -> dict[str, str]:
@@ -274,7 +275,7 @@ def _metric(gateway: str, name: str, labels: str) -> float:
     )
 
 
-async def main_async(tmd: bool) -> int:
+async def main_async(tmd: bool, keep: bool = False) -> int:
     t0 = time.monotonic()
     home = home_dir()
     workdir = home / ("demo-tmd" if tmd else "demo")
@@ -295,7 +296,15 @@ async def main_async(tmd: bool) -> int:
         outcome = await (tmd_story(st, store) if tmd else classic_story(st, store))
         console.print(Rule("What happened"))
         for name in await store.names():
-            console.print(history_table(name, await store.history(name)))
+            steps = await steps_of(store, name)
+            console.print(Text(f"rolloutctl history {name}", "bold"))
+            console.print(
+                history_lines(await store.history(name), steps, wide=console.width >= 160)
+            )
+        if keep:
+            console.print(f"  [bold]status page still up: {st.admin}[/]  (Ctrl-C to stop)")
+            with contextlib.suppress(asyncio.CancelledError):  # Ctrl-C cancels the main task
+                await asyncio.Event().wait()
     await client.aclose()
     ok = outcome == expected
     summary = ", ".join(f"{name}: {phase}" for name, phase in outcome.items())
@@ -307,10 +316,15 @@ async def main_async(tmd: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lvm_gateway.demo", description=__doc__)
+    parser = termout.parser("python -m lvm_gateway.demo", __doc__)
     parser.add_argument("--tmd", action="store_true", help="the TMD mixture story")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="after the story, keep everything running (the status page stays up) until Ctrl-C",
+    )
     args = parser.parse_args(argv)
-    sys.exit(asyncio.run(main_async(args.tmd)))
+    sys.exit(asyncio.run(main_async(args.tmd, args.keep)))
 
 
 if __name__ == "__main__":

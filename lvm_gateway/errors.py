@@ -13,6 +13,7 @@ LvmGatewayError                 base; never escapes to a client as a 500
 ├── CheckpointError             a checkpoint that cannot serve (wrong keys, shapes, format)
 ├── BadRequestError             client input the gateway refuses: a 4xx (or 503 when busy)
 ├── TrafficError                lvm-traffic cannot run: bad settings or the gateway unreachable
+├── AdminServerError            the status page cannot start: a weak token, a taken port
 └── UpstreamError               a variant failed; mapped to 502/504 in gateway.upstream
     ├── UpstreamTimeoutError    504
     ├── UpstreamConnectError    502, retried on another endpoint
@@ -40,6 +41,10 @@ class UnknownPluginError(LvmGatewayError):
 
 class RedisUnavailableError(LvmGatewayError):
     pass
+
+
+class RedisUrlError(RedisUnavailableError):
+    """A --redis / REDIS_URL value redis-py cannot use (wrong scheme, no host, bad port)."""
 
 
 class RolloutError(LvmGatewayError):
@@ -91,6 +96,10 @@ class BadRequestError(LvmGatewayError):
 
 
 class TrafficError(LvmGatewayError):
+    pass
+
+
+class AdminServerError(LvmGatewayError):
     pass
 
 

@@ -29,7 +29,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.connection import parse_url
 
-from lvm_gateway.errors import RedisUnavailableError
+from lvm_gateway.errors import RedisUnavailableError, RedisUrlError
 
 # AOF: every write reaches the file (the OS page cache) before the reply, and is fsynced within a
 # second, so a SIGKILLed daemon loses nothing and a machine crash at most a second.
@@ -275,7 +275,7 @@ def resolve_redis_url(explicit: str | None, start_embedded: bool = True) -> str:
         try:
             parse_url(url)  # a malformed URL is one line naming it, not a ValueError traceback
         except ValueError as exc:
-            raise RedisUnavailableError(f"bad Redis URL {redact_url(url)}: {exc}") from exc
+            raise RedisUrlError(f"bad Redis URL {redact_url(url)}: {exc}") from exc
         return url
     if start_embedded:
         return ensure_embedded()

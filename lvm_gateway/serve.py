@@ -6,17 +6,30 @@ The one wiring point: `build_app` hands the data plane (gateway/) the control pl
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
+import logging.config
 import os
 import socket
 import sys
 import tempfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from lvm_gateway import termout
 from lvm_gateway.config.load import json_schema, load_config
-from lvm_gateway.errors import ConfigError, RedisUnavailableError
+from lvm_gateway.errors import (
+    AdminServerError,
+    ConfigError,
+    RedisUnavailableError,
+    RedisUrlError,
+)
+from lvm_gateway.logfmt import FORMATS, LEVELS, dict_config
+
+log = logging.getLogger("lvm_gateway.serve")
+
+if TYPE_CHECKING:
+    from lvm_gateway.admin.server import AdminServer
 
 _ENV_CONFIG = "LVMGW_CONFIG"
 _ENV_REDIS = "LVMGW_REDIS_URL"
@@ -78,6 +91,32 @@ class ClientLimits:
     max_connections: int | None = None  # beyond: 503 (uvicorn's limit_concurrency)
 
 
+@dataclass(frozen=True)
+class AdminSettings:
+    """The status page's server: `--admin-port`, `--admin-host`, `--admin-token-env`."""
+
+    host: str
+    port: int
+    token_env: str
+
+
+def start_admin(
+    settings: AdminSettings, redis_url: str, prefix: str, log_level: str
+) -> AdminServer:
+    """The status page and its API on their own port, once per serve (not per worker)."""
+    from lvm_gateway.admin.app import AdminApp, check_token
+    from lvm_gateway.admin.server import AdminServer
+
+    token = check_token(os.environ.get(settings.token_env), f"${settings.token_env}")
+    server = AdminServer(
+        AdminApp(redis_url, prefix, token), settings.host, settings.port, log_level
+    )
+    server.start()
+    mode = "actions need the token" if token else f"read-only (${settings.token_env} is not set)"
+    logging.getLogger("lvm_gateway.admin").info("status page on %s (%s)", server.url, mode)
+    return server
+
+
 def serve(
     config_path: str,
     host: str,
@@ -87,43 +126,65 @@ def serve(
     controller: bool,
     log_level: str,
     limits: ClientLimits = ClientLimits(),
+    log_format: str = "text",
+    access_log: bool = False,
+    admin: AdminSettings | None = None,
     server: str = "uvicorn",
 ) -> None:
     import uvicorn
 
     from lvm_gateway.gateway.server import HEADER_TIMEOUT_ENV, GuardedHttpToolsProtocol
-    from lvm_gateway.redisconn import resolve_redis_url
+    from lvm_gateway.redisconn import redact_url, resolve_redis_url
 
-    load_config(config_path)  # fail before forking workers, with every error listed
+    log_config = dict_config(log_level, log_format)
+    logging.config.dictConfig(log_config)
+    config = load_config(config_path)  # fail before forking workers, with every error listed
+    redis_url = resolve_redis_url(redis)
     os.environ[_ENV_CONFIG] = os.path.abspath(config_path)
-    os.environ[_ENV_REDIS] = resolve_redis_url(redis)
+    os.environ[_ENV_REDIS] = redis_url
+    admin_server = (
+        start_admin(admin, redis_url, config.spec.redis_prefix, log_level)
+        if admin is not None
+        else None
+    )
     os.environ[_ENV_CONTROLLER] = "1" if controller else "0"
     # This process's protocol class, and (through the environment) every worker's.
     os.environ[HEADER_TIMEOUT_ENV] = str(limits.header_timeout_s)
     GuardedHttpToolsProtocol.header_timeout_s = limits.header_timeout_s
+    log.info(
+        "lvm-gateway %s on http://%s:%d: config %s, Redis %s, prefix %s, %d worker(s), %s",
+        termout.version(), host, port, os.path.abspath(config_path), redact_url(redis_url),
+        config.spec.redis_prefix, workers,
+        "running the rollout controller" if controller else "no rollout controller",
+    )  # fmt: skip
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lvmgw-metrics-")
-    if server == "granian":
-        _serve_granian(host, port, workers, log_level, limits)
-        return
-    uvicorn.run(
-        "lvm_gateway.serve:build_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers if workers > 1 else None,
-        loop="uvloop",
-        http="lvm_gateway.gateway.server:GuardedHttpToolsProtocol",
-        timeout_keep_alive=limits.keep_alive_s,
-        # The gateway appends the peer to X-Forwarded-For itself; uvicorn rewriting the client
-        # address from that header (its default for 127.0.0.1) would repeat a client's claim.
-        proxy_headers=False,
-        limit_concurrency=limits.max_connections,
-        lifespan="on",
-        access_log=False,
-        log_level=log_level,
-        timeout_graceful_shutdown=5,
-    )
+    try:
+        if server == "granian":
+            _serve_granian(host, port, workers, log_level, limits)
+            return
+        uvicorn.run(
+            "lvm_gateway.serve:build_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers if workers > 1 else None,
+            loop="uvloop",
+            http="lvm_gateway.gateway.server:GuardedHttpToolsProtocol",
+            timeout_keep_alive=limits.keep_alive_s,
+            # The gateway appends the peer to X-Forwarded-For itself; uvicorn rewriting the client
+            # address from that header (its default for 127.0.0.1) would repeat a client's claim.
+            proxy_headers=False,
+            limit_concurrency=limits.max_connections,
+            lifespan="on",
+            access_log=access_log,
+            log_config=log_config,
+            log_level=log_level,
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        if admin_server is not None:
+            admin_server.stop()
 
 
 def _serve_granian(
@@ -153,22 +214,27 @@ def _serve_granian(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lvm-gateway", description=__doc__)
+    parser = termout.parser("lvm-gateway", __doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
     p_serve = sub.add_parser("serve", help="proxy the configured routes")
     p_serve.add_argument("--config", required=True, help="policy YAML (hot-reloaded)")
-    p_serve.add_argument("--host", default="127.0.0.1")
-    p_serve.add_argument("--port", type=int, default=8080)
+    p_serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p_serve.add_argument("--port", type=int, default=8080, help="port to listen on")
     p_serve.add_argument(
         "--redis", default=None, help="Redis URL (default: $REDIS_URL, else embedded)"
     )
-    p_serve.add_argument("--workers", type=int, default=1)
+    p_serve.add_argument("--workers", type=termout.positive_int, default=1,
+                         help="worker processes")  # fmt: skip
     p_serve.add_argument(
         "--no-controller",
         action="store_true",
         help="do not run the rollout controller in this process",
     )
-    p_serve.add_argument("--log-level", default="info")
+    p_serve.add_argument("--log-level", default="info", choices=LEVELS, type=str.lower,
+                         help="least severe level logged")  # fmt: skip
+    p_serve.add_argument("--log-format", default="text", choices=FORMATS,
+                         help="text, or one JSON object per line")  # fmt: skip
+    p_serve.add_argument("--access-log", action="store_true", help="log every request")
     p_serve.add_argument(
         "--server",
         choices=("uvicorn", "granian"),
@@ -196,11 +262,27 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="answer 503 beyond N concurrent connections (default: no cap)",
     )
+    p_serve.add_argument(
+        "--admin-port",
+        type=int,
+        default=None,
+        help="serve the status page and its JSON API on this port (default: off)",
+    )
+    p_serve.add_argument(
+        "--admin-host", default=None, help="the status page's address (default: --host)"
+    )
+    p_serve.add_argument(
+        "--admin-token-env",
+        default="LVMGW_ADMIN_TOKEN",
+        metavar="VAR",
+        help="environment variable holding the bearer token for the page's actions; "
+        "unset or empty: read-only (default: %(default)s)",
+    )
     p_val = sub.add_parser("validate", help="check a policy file; exit 2 listing every error")
     p_val.add_argument("file")
     p_val.add_argument("--json", action="store_true", help='print {"valid", "errors"} as JSON')
     sub.add_parser("schema", help="print the policy file's JSON Schema (for editors)")
-    args = parser.parse_args(argv)
+    args = termout.show_defaults(parser).parse_args(argv)
 
     if args.verb == "validate":
         errors = validate(args.file)
@@ -216,7 +298,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "schema":
         print(json.dumps(json_schema(), indent=2))
         return 0
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     try:
         serve(
             args.config,
@@ -227,15 +308,26 @@ def main(argv: list[str] | None = None) -> int:
             not args.no_controller,
             args.log_level,
             ClientLimits(args.client_header_timeout, args.keep_alive_timeout, args.max_connections),
+            args.log_format,
+            args.access_log,
+            None
+            if args.admin_port is None
+            else AdminSettings(args.admin_host or args.host, args.admin_port, args.admin_token_env),
             args.server,
         )
     except ConfigError as exc:
         for e in exc.errors:
             print(e, file=sys.stderr)
         return 2
+    except RedisUrlError as exc:
+        print(f"lvm-gateway: --redis: {exc}", file=sys.stderr)
+        return 2
     except RedisUnavailableError as exc:
         print(f"lvm-gateway: {exc}", file=sys.stderr)
         return 1
+    except AdminServerError as exc:
+        print(f"lvm-gateway: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
+from redis.exceptions import RedisError
 
 from lvm_gateway.config.load import load_config
+from lvm_gateway.contract.rollout import RolloutStatus
 from lvm_gateway.redisconn import open_client
 from lvm_gateway.rollout.agent.recorder import WindowRecorder
 from lvm_gateway.rollout.store import RolloutStore
@@ -20,9 +24,11 @@ def write_policy(
     prefix: str,
     stable_url: str = "http://127.0.0.1:9",
     canary_url: str = "http://127.0.0.1:9",
+    fallback: bool = False,
     **rollout: Any,
 ) -> Path:
-    """A policy with phase1 (stable) and phase2 (canary) on /infer, driven by rollout `phase2`."""
+    """A policy with phase1 (stable) and phase2 (canary) on /infer, driven by rollout `phase2`;
+    with `fallback`, a failing canary is answered by phase1."""
     doc = {
         "redis_prefix": prefix,
         "variants": {
@@ -32,7 +38,7 @@ def write_policy(
         "routes": [
             {
                 "path": "/infer",
-                "fallback": False,
+                "fallback": fallback,
                 "policy": {
                     "canary": {
                         "stable": "phase1",
@@ -78,3 +84,19 @@ async def rollout_store(redis_url: str, policy: Path) -> AsyncIterator[RolloutSt
         yield store
     finally:
         await client.aclose()
+
+
+async def until_status(
+    store: RolloutStore, check: Callable[[RolloutStatus], bool], timeout_s: float, what: str = ""
+) -> RolloutStatus:
+    """Poll rollout phase2 until `check` holds; a Redis that is restarting under the test is
+    retried."""
+    deadline = time.monotonic() + timeout_s
+    status = None
+    while True:
+        with contextlib.suppress(RedisError, OSError):
+            status = await store.get("phase2")
+            if check(status):
+                return status
+        assert time.monotonic() < deadline, f"timed out waiting for {what}; last: {status}"
+        await asyncio.sleep(0.05)

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lvm_gateway.config.spec import ConfigSpec, VariantSpec
+from lvm_gateway.config.spec import DEFAULT_RETRY, ConfigSpec, RetrySpec, VariantSpec
 from lvm_gateway.config.yamldoc import read_document
 from lvm_gateway.contract.humanize import humanize
 from lvm_gateway.contract.rollout import RolloutSpec
@@ -36,6 +36,7 @@ class Route:
     stable: str | None = None  # that canary policy's stable and canary names
     canary: str | None = None
     canary_leaves: frozenset[str] = frozenset()  # the variants the canary subtree can send to
+    retry: RetrySpec = DEFAULT_RETRY
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ def parse_config(data: Any, source: str = "") -> Config:
             stable=tb.claims[0][1] if tb.rollout and tb.claims else None,
             canary=tb.claims[0][2] if tb.rollout and tb.claims else None,
             canary_leaves=tb.claims[0][3] if tb.rollout and tb.claims else frozenset(),
+            retry=r.retry,
         )
     if errors:
         raise ConfigError(errors)

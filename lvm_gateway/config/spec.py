@@ -6,11 +6,12 @@ whole document (policy trees, rollout bindings).
 
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import Literal
+from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from lvm_gateway.config.tls import TLSSpec
 from lvm_gateway.contract.oip import INFER_PATH
@@ -60,8 +61,16 @@ class VariantSpec(StrictModel):
             raise ValueError("give exactly one of 'url' or 'urls'")
         for u in self.endpoints:
             parts = urlsplit(u)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
+            if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"{u!r} is not an http(s) URL")
+            if any(c.isspace() for c in u):
+                raise ValueError(f"{u!r} contains white space")
+            try:
+                port = parts.port
+            except ValueError:
+                raise ValueError(f"{u!r} has an invalid port (1-65535)") from None
+            if port == 0:
+                raise ValueError(f"{u!r} has an invalid port (1-65535)")
         return self
 
     @property
@@ -69,10 +78,27 @@ class VariantSpec(StrictModel):
         return (self.url,) if self.url is not None else tuple(self.urls or ())
 
 
+RetryOn = Literal["connect", "5xx", "timeout"]
+
+
+class RetrySpec(StrictModel):
+    """How a failed call is retried on another endpoint of the same variant."""
+
+    attempts: int = Field(default=3, ge=1, le=10)  # tries in all, each on another endpoint
+    on: Seq[RetryOn] = ("connect", "5xx", "timeout")
+    # Retries may add this share of the variant's requests (plus 10 a second), so a sick
+    # endpoint cannot multiply the load.
+    budget: float = Field(default=0.2, ge=0, le=1)
+
+
+DEFAULT_RETRY = RetrySpec()
+
+
 class RouteSpec(StrictModel):
     path: str
-    methods: Seq[str] = ("POST",)
+    methods: Seq[Annotated[str, StringConstraints(pattern=r"^[A-Za-z]+$")]] = ("POST",)
     fallback: bool = True  # serve the stable variant when the canary fails
+    retry: RetrySpec = RetrySpec()
     # Inspect answers as LVM predictions: NaN/Inf and wrong dimensions become errors, empty hits
     # are counted, and predictions are recorded for feedback. Off for non-inference routes.
     inspect: bool = True
@@ -120,6 +146,51 @@ class LimitsSpec(StrictModel):
     body_timeout_seconds: float = Field(default=30, gt=0)  # a stalled upload: 408
 
 
+# What a webhook may be told about: one event per kind of rollout transition.
+NotifyEvent = Literal[
+    "started", "advanced", "paused", "resumed", "promoted", "rolled_back", "aborted"
+]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = get_args(NotifyEvent)
+
+
+class NotificationSpec(StrictModel):
+    """One webhook the rollout controller posts each transition to (once, whichever replica)."""
+
+    url: str
+    events: Seq[NotifyEvent] = NOTIFY_EVENTS
+    format: Literal["json", "slack"] = "json"
+    # The name of an environment variable (of the controller's process) holding the HMAC key;
+    # the key itself never enters the policy file or Redis.
+    secret_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{url!r} is not an http(s) URL")
+        return url
+
+    @property
+    def key(self) -> str:
+        """A stable id of this webhook as configured: a changed entry is a new target, whose
+        notifications start from when it was first loaded."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        """scheme://host[:port] only: a webhook's path often is its secret (Slack's are)."""
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+    @field_validator("events")
+    @classmethod
+    def _some_events(cls, events: tuple[NotifyEvent, ...]) -> tuple[NotifyEvent, ...]:
+        if not events:
+            raise ValueError("list at least one event (omit the key for every event)")
+        return tuple(dict.fromkeys(events))
+
+
 class ConfigSpec(StrictModel):
     variants: dict[str, VariantSpec]
     routes: Seq[RouteSpec]
@@ -128,6 +199,7 @@ class ConfigSpec(StrictModel):
     redis_prefix: str = "lvmgw"
     limits: LimitsSpec = LimitsSpec()
     mirror_max_inflight: int = Field(default=64, ge=0)  # mirrored copies beyond this are dropped
+    notifications: Seq[NotificationSpec] = ()
 
     @field_validator("variants")
     @classmethod

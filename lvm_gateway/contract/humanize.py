@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import types
 from collections.abc import Iterable
 from typing import Any, Union, get_args, get_origin
@@ -20,6 +21,7 @@ from typing import Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 _MISSING = object()
+_INDEXED = re.compile(r"\[(\d+)\]((?:\.[A-Za-z_][A-Za-z0-9_]*)*): ")
 
 # What each pydantic type error expects, said as a YAML author would.
 _EXPECTED = {
@@ -221,10 +223,13 @@ def humanize(
         if value is _MISSING and err["type"] != "missing":
             value = err.get("input", _MISSING)
         want, msg = _message(err, value, key, path, model)
-        if msg.startswith("[") and "]: " in msg:
-            # A validator pointing inside a list ("[2]: must be > 20") extends the path.
-            index, msg = msg.split(": ", 1)
-            path = [*path, int(index.strip("[]"))] if index[1:-1].isdigit() else path
+        inner = _INDEXED.match(msg)
+        if inner is not None:
+            # A validator pointing inside a list ("[2]: must be > 20", "[1].pause.duration: ...")
+            # extends the path.
+            msg = msg[inner.end() :]
+            keys = [k for k in inner.group(2).split(".") if k]
+            path = [*path, int(inner.group(1)), *keys]
         where = format_path(path)
         if prefix:
             where = prefix if where == "(document)" else f"{prefix}.{where}"

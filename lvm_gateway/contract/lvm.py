@@ -45,6 +45,12 @@ def lane_name(domain: int | None) -> str:
     return f"lane_{domain}" if domain is not None and 0 <= domain < N_LANES else NO_LANE
 
 
+def lane_order(name: str) -> tuple[int, str]:
+    """Sort key for lane names: lane_2 before lane_10, anything else (`none`) after the lanes."""
+    _, _, number = name.partition("lane_")
+    return (int(number), "") if number.isdigit() else (N_LANES, name)
+
+
 def tmd_from_headers(headers: Mapping[str, str]) -> Tmd | None:
     """(domain, task, modifier) from X-TMD-Domain (or X-TMD-Lane), -Task and -Modifier; None
     without a domain header. Task and modifier default to 0."""

@@ -6,6 +6,9 @@ A window is a flat mapping of counter name -> count, additive across replicas an
     lat:<i>                latency histogram, bucket i of LATENCY_BOUNDS_MS (last = overflow)
     feedback, hit<k>       feedbacks scored, and those that were a hit at k (the Hit@K proxy)
     empty, invalid         empty-hit answers, invalid (NaN/Inf, wrong dimension) answers
+    diverted               requests meant for this variant that it never got: its circuit was
+                           open (or a mixture had no expert left), so another variant served;
+                           the analysis counts them as this variant's failures
     <counter>@<lane>       the same counter restricted to one lane
 
 Every name is defined here once: the gateway writes them, the analysis reads them.
@@ -22,6 +25,7 @@ ERRORS = "err"
 FEEDBACK = "feedback"
 EMPTY = "empty"
 INVALID = "invalid"
+DIVERTED = "diverted"
 
 
 def hit(k: int) -> str:
@@ -40,7 +44,7 @@ LATENCY_BOUNDS_S: tuple[float, ...] = tuple(b / 1000 for b in LATENCY_BOUNDS_MS)
 LATENCY_FIELDS: tuple[str, ...] = tuple(f"lat:{i}" for i in range(len(LATENCY_BOUNDS_MS) + 1))
 
 COUNTERS: frozenset[str] = frozenset(
-    {REQUESTS, ERRORS, FEEDBACK, EMPTY, INVALID, *HITS.values(), *LATENCY_FIELDS}
+    {REQUESTS, ERRORS, FEEDBACK, EMPTY, INVALID, DIVERTED, *HITS.values(), *LATENCY_FIELDS}
 )
 
 # Windows are time buckets of this many seconds, kept in Redis this long.

@@ -50,7 +50,12 @@ from lvm_gateway.gateway.dispatch import Call, Dispatcher, RecorderLike
 from lvm_gateway.gateway.feedback import FeedbackIntake
 from lvm_gateway.gateway.headers import upstream_request_headers
 from lvm_gateway.gateway.ids import FeedbackTokens, client_id, new_gateway_id
-from lvm_gateway.gateway.metrics import MetricsRecorder, RecordsCollector, RolloutCollector
+from lvm_gateway.gateway.metrics import (
+    EndpointsCollector,
+    MetricsRecorder,
+    RecordsCollector,
+    RolloutCollector,
+)
 from lvm_gateway.gateway.mirror import Mirror
 from lvm_gateway.gateway.records import PredictionRecords
 from lvm_gateway.gateway.reload import ConfigWatcher
@@ -84,6 +89,11 @@ class DataPlaneLike(Protocol):
     @property
     def routing(self) -> str: ...
     @property
+    def analyses(self) -> Mapping[str, Mapping[str, Any]]: ...
+    def phases(self) -> Mapping[str, str]: ...
+    @property
+    def notifications(self) -> Mapping[tuple[str, str, str], int]: ...
+    @property
     def recorder(self) -> RecorderLike: ...
     async def start(self, config: Config) -> None: ...
     async def on_config(self, config: Config) -> None: ...
@@ -110,7 +120,11 @@ class GatewayApp:
         self.registry = registry or CollectorRegistry()
         self.metrics = MetricsRecorder(self.registry)
         self.rollout_collector = RolloutCollector(
-            lambda: self.dataplane.weights, lambda: self.dataplane.connected
+            lambda: self.dataplane.weights,
+            lambda: self.dataplane.connected,
+            lambda: self.dataplane.analyses,
+            lambda: self.dataplane.phases,
+            lambda: self.dataplane.notifications,
         )
         self.registry.register(self.rollout_collector)
         self.pool = UpstreamPool()
@@ -122,6 +136,8 @@ class GatewayApp:
         )
         self.records_collector = RecordsCollector(lambda: self.records.dropped)
         self.registry.register(self.records_collector)
+        self.endpoints_collector = EndpointsCollector(self.pool.endpoint_states)
+        self.registry.register(self.endpoints_collector)
         self.bodies = BodyBudget(
             config.spec.limits.buffered_body_bytes, config.spec.limits.body_timeout_seconds
         )
@@ -456,7 +472,10 @@ class GatewayApp:
             model_of(route.path) or "",
             query,
             lane_of=lane_of,
+            retry=route.retry,
         )
+        if decision.diverted is not None:
+            self.dispatch.divert(decision.diverted, call.lane)
         if decision.mirror is not None:
             self.mirror.submit(decision.mirror, call)
         served = decision.variant
@@ -513,7 +532,14 @@ class GatewayApp:
                 self.metrics.feedback("rejected")
             await _respond(send, status, body, _JSON, ((b"allow", allowed.encode()),))
             return
-        status, body, ctype = await handler(scope, receive)
+        try:
+            status, body, ctype = await handler(scope, receive)
+        except Exception:  # never a 500: a bug here is logged loudly and answered as a 502
+            log.exception("unexpected error answering %s", path)
+            status, body = _json(
+                502, {"error": "gateway_error", "message": "internal gateway error (logged)"}
+            )
+            ctype = _JSON
         await _respond(send, status, body, ctype, ())
 
     async def _feedback_http(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
@@ -557,6 +583,7 @@ class GatewayApp:
         MultiProcessCollector(merged)
         merged.register(self.rollout_collector)
         merged.register(self.records_collector)
+        merged.register(self.endpoints_collector)
         return merged
 
     async def _readyz(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:

@@ -15,8 +15,9 @@ from typing import Protocol
 
 import orjson
 
+from lvm_gateway.config.spec import DEFAULT_RETRY, RetrySpec
 from lvm_gateway.contract.oip import LVM_PROTOCOL, PROTOCOL, RequestHead
-from lvm_gateway.contract.windows import EMPTY, INVALID
+from lvm_gateway.contract.windows import DIVERTED, EMPTY, INVALID
 from lvm_gateway.errors import (
     CircuitOpenError,
     UpstreamConnectError,
@@ -63,6 +64,7 @@ class Call:
     translated: dict[str, tuple[bytes, dict[str, str]]] = field(default_factory=dict)
     # A streamed body's lane, read off its edges once they arrived (lane is then a stand-in).
     lane_of: Callable[[], str] | None = None
+    retry: RetrySpec = DEFAULT_RETRY  # the route's retry policy
 
     def lane_now(self) -> str | None:
         return self.lane_of() if self.lane_of is not None else self.lane
@@ -96,12 +98,18 @@ class Dispatcher:
         if call.record:
             self.records.add(call.request_id, variant, lane, prediction, served, call.client_id)
 
+    def divert(self, variant: str, lane: str | None) -> None:
+        """A request meant for `variant` goes elsewhere because its circuit is open: a failure
+        of `variant` that its own counts would not show (it never saw the request)."""
+        self.windows.incr(variant, DIVERTED, lane=lane)
+
     async def _answer(
         self, variant: str, call: Call, lane: str | None
     ) -> tuple[UpstreamResponse, Prediction | None, str]:
         """The variant's inspected answer and the protocol it speaks, counted against its
         circuit and in its windows."""
         if self.circuits.is_open(variant):
+            self.divert(variant, lane)
             exc: UpstreamError = CircuitOpenError(variant, "circuit open after repeated errors")
             self.metrics.upstream_error(variant, exc.kind)
             raise exc
@@ -113,7 +121,7 @@ class Dispatcher:
         target, body, headers = upstream_request(call, client.spec)
         t0 = time.perf_counter()
         try:
-            resp = await client.request(call.method, target, body, headers)
+            resp = await client.request(call.method, target, body, headers, call.retry)
             lane = call.lane_now() or lane if lane is not None else None
             prediction = None
             if lane is not None and resp.status == 200:
@@ -160,6 +168,7 @@ class Dispatcher:
         """
         name, experts = decision.variant, decision.experts
         if not experts:
+            self.divert(name, call.lane)
             self.metrics.upstream_error(name, "circuit_open")
             raise CircuitOpenError(name, "every expert is masked (circuits open or at capacity)")
         t0 = time.perf_counter()

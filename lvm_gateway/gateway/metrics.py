@@ -8,10 +8,13 @@ methods on every request.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from lvm_gateway.contract.rollout import Phase
 
 # `_created` series double the exposition size and no dashboard here uses them.
 disable_created_metrics()
@@ -24,16 +27,45 @@ LATENCY_BUCKETS = (
 CIRCUIT_STATES = {"closed": 0, "open": 1, "half_open": 2}
 
 
+# The judge's evidence per test, from the controller's latest analysis (docs/judge.md).
+_EVIDENCE_GAUGES = (
+    ("canary", "estimate", "The canary's rate in the judge's test."),
+    ("baseline", "baseline", "The stable variant's rate over the same period."),
+    ("difference", "difference", "How much worse the canary is (positive: worse)."),
+    ("lower", "interval_lower", "The anytime-valid interval's lower end for the difference."),
+    ("upper", "interval_upper", "The anytime-valid interval's upper end for the difference."),
+    ("statistic", "statistic", "(difference - margin) / its standard deviation."),
+    ("threshold", "threshold", "The anytime-valid critical value the statistic is held to."),
+    ("margin", "margin", "How much worse the canary may be before it is harm."),
+)
+STANDINGS = ("harm", "suspect", "clear", "insufficient", "waived")
+
+
+# Every rollout phase, so `lvmgw_rollout_phase` has a series per phase (1 for the current one)
+# and alerts can match `phase="RolledBack"` without the series appearing only on the change.
+ROLLOUT_PHASES = tuple(str(p) for p in Phase)
+
+
 class RolloutCollector(Collector):
-    """Read at scrape time: the weights this process routes by and whether Redis is reachable."""
+    """Read at scrape time: the weights this process routes by, whether Redis is reachable,
+    each rollout's phase, the controller's latest evidence per rollout and judge test, and the
+    webhook deliveries of this process's controller."""
 
     def __init__(
-        self, weights: Callable[[], Mapping[str, float]], connected: Callable[[], bool]
+        self,
+        weights: Callable[[], Mapping[str, float]],
+        connected: Callable[[], bool],
+        analyses: Callable[[], Mapping[str, Mapping[str, Any]]] = dict,
+        phases: Callable[[], Mapping[str, str]] = dict,
+        notifications: Callable[[], Mapping[tuple[str, str, str], int]] = dict,
     ) -> None:
         self.weights = weights
         self.connected = connected
+        self.analyses = analyses
+        self.phases = phases
+        self.notifications = notifications
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         family = GaugeMetricFamily(
             "lvmgw_rollout_canary_weight_ratio",
             "Share of users routed to each rollout's canary by this process (0-1).",
@@ -47,6 +79,46 @@ class RolloutCollector(Collector):
             "1 while this process reaches Redis; 0 means it serves with the last known weights.",
             value=1.0 if self.connected() else 0.0,
         )
+        phase = GaugeMetricFamily(
+            "lvmgw_rollout_phase",
+            "1 for each rollout's current phase (as this process last read it), else 0.",
+            labels=["rollout", "phase"],
+        )
+        for name, current in sorted(self.phases().items()):
+            for p in ROLLOUT_PHASES:
+                phase.add_metric([name, p], 1.0 if p == current else 0.0)
+        yield phase
+        sent = CounterMetricFamily(
+            "lvmgw_notifications",
+            "Webhook notifications by target, event and outcome (delivered, retried, failed, "
+            "dropped); counted by the process whose controller held the lease.",
+            labels=["target", "event", "outcome"],
+        )
+        for (target, event, outcome), n in sorted(self.notifications().items()):
+            sent.add_metric([target, event, outcome], float(n))
+        yield sent
+        yield from self._evidence()
+
+    def _evidence(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["rollout", "test"]
+        families = {
+            key: GaugeMetricFamily(f"lvmgw_rollout_analysis_{name}", doc, labels=labels)
+            for key, name, doc in _EVIDENCE_GAUGES
+        }
+        standing = GaugeMetricFamily(
+            "lvmgw_rollout_analysis_standing",
+            "1 for where each judge test stands now (harm, suspect, clear, insufficient, waived).",
+            labels=[*labels, "standing"],
+        )
+        for rollout, doc in sorted(self.analyses().items()):
+            for e in doc.get("evidence", ()):
+                for key, family in families.items():
+                    if e.get(key) is not None:
+                        family.add_metric([rollout, e["test"]], float(e[key]))
+                for s in STANDINGS:
+                    standing.add_metric([rollout, e["test"], s], 1.0 if e["standing"] == s else 0.0)
+        yield from families.values()
+        yield standing
 
 
 class RecordsCollector(Collector):
@@ -62,6 +134,30 @@ class RecordsCollector(Collector):
             "Sampled prediction records dropped from a full buffer before reaching Redis.",
             value=float(self.dropped()),
         )
+
+
+class EndpointsCollector(Collector):
+    """Read at scrape time: each upstream endpoint's outlier-detection state in this process."""
+
+    def __init__(self, endpoints: Callable[[], Iterator[tuple[str, str, bool, int]]]) -> None:
+        self.endpoints = endpoints  # (variant, url, admitted, ejections so far)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily(
+            "lvmgw_upstream_endpoint_up",
+            "1 while an endpoint is admitted, 0 while outlier detection has ejected it.",
+            labels=["variant", "endpoint"],
+        )
+        ejections = GaugeMetricFamily(
+            "lvmgw_upstream_endpoint_ejections",
+            "An endpoint's ejection count (its back-off exponent; a clean window lowers it).",
+            labels=["variant", "endpoint"],
+        )
+        for variant, url, admitted, count in self.endpoints():
+            up.add_metric([variant, url], 1.0 if admitted else 0.0)
+            ejections.add_metric([variant, url], float(count))
+        yield up
+        yield ejections
 
 
 class MetricsRecorder:

@@ -1,7 +1,7 @@
 """The upstream client pool: per-variant endpoints with their own health, retries, error mapping.
 
-The transport is `h1pool` (asyncio + httptools), not httpx or aiohttp: DESIGN section 4 measured
-httpx's async pool at ~600-740 req/s, and `bench/client_compare.py` measures aiohttp's client
+The transport is `h1pool` (asyncio + httptools), not httpx or aiohttp: httpx's async pool
+measured ~600-740 req/s on this machine, and `bench/client_compare.py` measures aiohttp's client
 against h1pool (figures in its docstring). Library errors are translated at this boundary into
 the UpstreamError family, and `error_body` is the one place that maps them to 502/504.
 
@@ -10,8 +10,9 @@ Health is per endpoint, as Envoy's outlier detection does it: an endpoint that f
 `FAILURE_RATIO` of at least `FAILURE_MIN_REQUESTS` calls in a `FAILURE_WINDOW_S` window, is
 ejected for `BASE_EJECTION_S` x 2^(ejections-1) (at most `MAX_EJECTION_S`), then re-admitted;
 a clean window earns one ejection back. A failed call is retried on another endpoint that is
-not ejected, each endpoint at most once per request, while the variant's retry budget lasts
-(retries may add `RETRY_RATIO` of the request rate plus `RETRY_MIN_PER_S` a second), so a sick
+not ejected, each endpoint at most once per request, up to the route's `retry.attempts` and for
+the kinds its `retry.on` names, while the variant's retry budget lasts (retries may add the
+route's `retry.budget` share of the request rate plus `RETRY_MIN_PER_S` a second), so a sick
 endpoint cannot multiply the load. When every endpoint is ejected the variant still tries one
 (Envoy's panic routing): its failures then reach the variant's circuit, which thus opens only
 when no endpoint is left. Each attempt has the variant's timeout; a bad response (framing, size)
@@ -22,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from lvm_gateway.config.spec import VariantSpec
+from lvm_gateway.config.spec import DEFAULT_RETRY, RetrySpec, VariantSpec
 from lvm_gateway.errors import (
     UpstreamConnectError,
     UpstreamError,
@@ -48,6 +49,8 @@ MAX_EJECTION_S = 60.0
 RETRY_RATIO = 0.2
 RETRY_MIN_PER_S = 10.0
 RETRY_MAX_TOKENS = 20.0
+# The error kinds a route's `retry.on` names.
+_RETRY_KIND = {"connect": "connect", "status": "5xx", "timeout": "timeout"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +129,9 @@ class RetryBudget:
         self._tokens = RETRY_MAX_TOKENS
         self._last = 0.0
 
-    def deposit(self) -> None:
+    def deposit(self, ratio: float = RETRY_RATIO) -> None:
         if self._tokens < RETRY_MAX_TOKENS:
-            self._tokens += RETRY_RATIO
+            self._tokens += ratio
 
     def withdraw(self, now: float) -> bool:
         tokens = min(RETRY_MAX_TOKENS, self._tokens + (now - self._last) * RETRY_MIN_PER_S)
@@ -171,15 +174,22 @@ class VariantClient:
         return start
 
     async def request(
-        self, method: str, target: str, body: bytes | StreamedBody, headers: dict[str, str]
+        self,
+        method: str,
+        target: str,
+        body: bytes | StreamedBody,
+        headers: dict[str, str],
+        retry: RetrySpec = DEFAULT_RETRY,
     ) -> UpstreamResponse:
-        """One call, retried on other endpoints (module docstring); UpstreamError otherwise."""
+        """One call, retried on other endpoints as the route's `retry` allows (module
+        docstring); UpstreamError otherwise."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         endpoints = self.endpoints
         n = len(endpoints)
         idx = first = self._first(now) if n > 1 else 0
-        self.budget.deposit()
+        self.budget.deposit(retry.budget)
+        tries = 1
         while True:
             ep = endpoints[idx]
             try:
@@ -208,9 +218,12 @@ class VariantClient:
                 err = UpstreamStatusError(self.name, f"{ep.url} answered HTTP {status}")
             now = loop.time()
             ep.failure(now)
+            if tries >= retry.attempts or _RETRY_KIND[err.kind] not in retry.on:
+                raise err
             idx = self._retry_target(idx, first, now) if n > 1 else -1
             if idx < 0 or not self.budget.withdraw(now):
                 raise err
+            tries += 1
 
     def _progress(
         self, deadline: asyncio.Timeout, loop: asyncio.AbstractEventLoop
@@ -257,6 +270,13 @@ class UpstreamPool:
         # Replaced clients may still carry in-flight requests: close them later, not now.
         self._retired.extend(c for n, c in old.items() if new.get(n) is not c)
         self.clients = new
+
+    def endpoint_states(self) -> Iterator[tuple[str, str, bool, int]]:
+        """(variant, url, admitted, ejections) of every endpoint, for /metrics."""
+        now = asyncio.get_running_loop().time()
+        for name, client in self.clients.items():
+            for ep in client.endpoints:
+                yield name, ep.url, ep.available(now), ep.ejections
 
     async def close_retired(self, grace_s: float) -> None:
         retired, self._retired = self._retired, []

@@ -27,6 +27,7 @@ import orjson
 import uvloop
 from aiohttp import web
 
+from lvm_gateway import termout
 from lvm_gateway.contract import oip
 from lvm_gateway.contract.lvm import DIM, N_LANES, N_MODIFIERS, N_TASKS
 from lvm_gateway.errors import BadRequestError, LvmGatewayError
@@ -469,7 +470,7 @@ def _load_checkpoint(path: str) -> Predictor:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lvm-serve", description=__doc__.splitlines()[0])
+    p = termout.parser("lvm-serve", __doc__.splitlines()[0])
     p.add_argument("--profile", choices=[*PROFILES, "stub"], default="phase2")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8100)

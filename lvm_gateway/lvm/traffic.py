@@ -24,11 +24,12 @@ import aiohttp
 import numpy as np
 import orjson
 import uvloop
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from lvm_gateway import termout
 from lvm_gateway.contract import oip
 from lvm_gateway.contract.lvm import DIM, HIT_THRESHOLDS, N_LANES, cosine_hits, id_hits
 from lvm_gateway.errors import TrafficError
@@ -392,7 +393,7 @@ def render(report: TrafficReport, cfg: TrafficConfig) -> Group:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lvm-traffic", description=__doc__.splitlines()[0])
+    p = termout.parser("lvm-traffic", __doc__.splitlines()[0])
     p.add_argument("--gateway", required=True, help="base URL, e.g. http://127.0.0.1:8080")
     p.add_argument("--rps", type=float, default=50.0)
     p.add_argument("--duration", type=float, default=10.0, help="seconds")
@@ -440,7 +441,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     except TrafficError as exc:
         p.error(str(exc))
-    console = Console()
+    console = termout.console()
     try:
         with (
             Live(console=console, auto_refresh=False, transient=True) as live,

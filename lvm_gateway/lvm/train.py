@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lvm_gateway import termout
 from lvm_gateway.contract.lvm import N_LANES
 from lvm_gateway.errors import CheckpointError
 from lvm_gateway.lvm import gate_fit
@@ -200,7 +201,7 @@ def expert_paths(items: list[str]) -> list[Path]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lvm-train", description=__doc__.splitlines()[0])
+    p = termout.parser("lvm-train", __doc__.splitlines()[0])
     d = TrainConfig(out=Path())
     p.add_argument("--out", required=True, type=Path, help="checkpoint (or gate) file to write")
     p.add_argument("--context", type=int, default=d.context, help="context vectors per example")

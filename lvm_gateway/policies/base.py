@@ -121,6 +121,7 @@ class Decision:
     deadline_s: float = 0.0  # how long a fan-out waits for each expert
     rollout: str | None = None  # the rollout whose split made this decision
     masked: tuple[str, ...] = ()  # experts the gate preferred but had to skip (circuit/capacity)
+    diverted: str | None = None  # the variant this request was meant for, whose circuit is open
 
 
 class Policy(Protocol):

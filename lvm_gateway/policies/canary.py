@@ -3,7 +3,9 @@
 A user's position is a stable hash of the sticky header into [0, 100); the user is in the canary
 when that position is below the weight. Raising the weight therefore only ever adds users to the
 canary (monotone stickiness): whoever was in at 10% is still in at 20% and 50%. Requests without
-the header are split by the per-request random draw.
+the header are split by the per-request random draw. A canary user whose canary's circuit is
+open is served by stable, and the decision says it was diverted (the data plane counts that
+against the canary).
 """
 
 from __future__ import annotations
@@ -84,9 +86,16 @@ class Canary:
         stable = self.stable.decide(req, view)
         mirror = self._mirror(req, view)
         chosen = self.canary.decide(req, view) if position < weight else None
-        if chosen is None or chosen.variant in view.open_circuits:
-            # Outside the canary, or the canary's circuit is open: the stable subtree serves.
+        if chosen is None:
             return replace(stable, mirror=mirror or stable.mirror, rollout=self.rollout)
+        if chosen.variant in view.open_circuits:
+            # The stable subtree serves a canary user, and the canary is charged for it.
+            return replace(
+                stable,
+                mirror=mirror or stable.mirror,
+                rollout=self.rollout,
+                diverted=chosen.variant,
+            )
         fallback = stable.variant if stable.variant != chosen.variant else chosen.fallback
         return replace(
             chosen, fallback=fallback, mirror=mirror or chosen.mirror, rollout=self.rollout

@@ -14,14 +14,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from lvm_gateway.contract.lvm import lane_order
 from lvm_gateway.contract.rollout import Actor, Phase, RolloutStatus
-from lvm_gateway.contract.windows import ERRORS, FEEDBACK, REQUESTS
+from lvm_gateway.contract.windows import DIVERTED, ERRORS, FEEDBACK, REQUESTS
 from lvm_gateway.errors import ConflictError
 from lvm_gateway.rollout import transitions
-from lvm_gateway.rollout.analysis import HIT5, Analysis, analyse
-from lvm_gateway.rollout.controller import observe
+from lvm_gateway.rollout.aggregates import observe
+from lvm_gateway.rollout.analysis import HIT5, Analysis
 from lvm_gateway.rollout.observations import Observations
-from lvm_gateway.rollout.reconcile import reconcile
+from lvm_gateway.rollout.providers import measure
+from lvm_gateway.rollout.reconcile import judged, reconcile
 from lvm_gateway.rollout.store import RolloutStore
 
 
@@ -39,7 +41,7 @@ async def current_analysis(store: RolloutStore, status: RolloutStatus) -> Analys
         return None
     reg = await store.effective(status.name)
     observations = await observe(store.client, store.prefix, status, time.time())
-    return analyse(observations, reg.spec)
+    return judged(observations, reg.spec, await measure(reg.spec.metrics, status))
 
 
 async def advance(
@@ -89,13 +91,22 @@ async def rollback(
     )
 
 
+async def abort(
+    store: RolloutStore, name: str, reason: str | None = None, identity: str = ""
+) -> RolloutStatus:
+    return await _stop_moving(
+        store, name, "abort", lambda s, now: transitions.abort(s, now, reason), identity
+    )
+
+
 async def pause(store: RolloutStore, name: str, identity: str = "") -> RolloutStatus:
     return await _stop_moving(store, name, "pause", transitions.pause, identity)
 
 
 async def resume(store: RolloutStore, name: str, identity: str = "") -> RolloutStatus:
+    reg = await store.effective(name)
     status = await store.get(name)
-    new = transitions.resume(status, time.time())
+    new = transitions.resume(status, reg.spec, time.time())
     return await store.transition(status, new, Actor.OPERATOR, "resume", identity)
 
 
@@ -104,6 +115,7 @@ _WAITING = {
     Phase.PAUSED: "paused: waiting for `rolloutctl resume` (or advance/rollback)",
     Phase.PROMOTED: "promoted: edit the policy to name the canary stable",
     Phase.ROLLED_BACK: "rolled back: `rolloutctl start` retries from the first step",
+    Phase.ABORTED: "aborted: `rolloutctl start` retries from the first step",
 }
 
 
@@ -115,7 +127,7 @@ def lane_rows(observations: Observations) -> list[dict[str, Any]]:
     """Per lane: canary traffic and Hit@5 proxy beside the stable variant's on the same lane."""
     canary, stable = observations.canary, observations.stable
     rows = []
-    for lane in sorted(canary.lanes() | stable.lanes()):
+    for lane in sorted(canary.lanes() | stable.lanes(), key=lane_order):
         c_hit = _rate(canary.get(HIT5, lane), canary.get(FEEDBACK, lane))
         s_hit = _rate(stable.get(HIT5, lane), stable.get(FEEDBACK, lane))
         rows.append(
@@ -140,6 +152,7 @@ async def describe(store: RolloutStore, name: str) -> dict[str, Any]:
     status = await store.get(name)
     doc = status.to_dict()
     doc["steps"] = list(reg.spec.model_dump(mode="json")["steps"])
+    doc["removed"] = name in await store.removed()
     doc["time_in_step"] = (
         now - status.step_started_at
         if status.step_started_at is not None and status.phase in transitions.ACTIVE
@@ -147,13 +160,18 @@ async def describe(store: RolloutStore, name: str) -> dict[str, Any]:
     )
     doc["thresholds"] = reg.spec.tunables()
     doc["metrics"] = []
+    doc["evidence"] = []
     doc["lanes"] = []
+    doc["diverted"] = 0
     doc["next"] = _WAITING.get(status.phase, "")
     if status.phase in transitions.ACTIVE:
         observations = await observe(store.client, store.prefix, status, now)
         doc["lanes"] = lane_rows(observations)
+        # Requests the canary should have served while its circuit was open (errors to it).
+        doc["diverted"] = observations.canary.get(DIVERTED)
         probe = status.evolve(phase=Phase.PROGRESSING)
-        _, action = reconcile(probe, observations, reg.spec, now)
+        measured = await measure(reg.spec.metrics, status)
+        _, action = reconcile(probe, observations, reg.spec, now, measured)
         if action.analysis is not None:
             doc["requests"] = action.analysis.requests
             doc["metrics"] = [
@@ -166,9 +184,11 @@ async def describe(store: RolloutStore, name: str) -> dict[str, Any]:
                     "success": r.success,
                     "rollback": r.rollback,
                     "verdict": str(r.verdict),
+                    "where": r.where,
                 }
                 for r in action.analysis.results
             ]
+            doc["evidence"] = action.analysis.evidence()
         if status.phase == Phase.PROGRESSING:
             doc["next"] = f"{action.kind}: {action.reason}"
     return doc

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
+from redis.asyncio.client import Pipeline
 
 from lvm_gateway.config.load import Config
 from lvm_gateway.contract.humanize import humanize
@@ -31,6 +31,11 @@ from lvm_gateway.errors import (
     ThresholdError,
     UnknownRolloutError,
 )
+from lvm_gateway.logfmt import iso_time
+from lvm_gateway.rollout.reconcile import Action
+from lvm_gateway.rollout.transitions import ACTIVE, abort
+
+_RETIRE_ATTEMPTS = 5
 
 _TRANSITION = """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
@@ -55,10 +60,6 @@ class Registered:
     spec: RolloutSpec
     stable: str | None
     canary: str | None
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _text(value: bytes | str) -> str:
@@ -88,11 +89,18 @@ class RolloutStore:
 
     # -- specs -------------------------------------------------------------------------------
 
-    async def register_specs(self, config: Config) -> None:
-        """Publish the YAML's rollouts so rolloutctl and the controller work without --config."""
-        if not config.rollouts:
-            return
+    async def register_specs(self, config: Config, identity: str = "") -> list[str]:
+        """Publish the YAML's rollouts so rolloutctl and the controller work without --config,
+        and its webhooks, each with the time it was first seen (where its notifications start);
+        retire the rollouts it no longer declares; returns the names retired."""
+        declared = await self.names()
         pipe = self.client.pipeline(transaction=True)
+        targets = config.spec.notifications
+        pipe.set(
+            self.keys.notify("targets"), json.dumps([t.model_dump(mode="json") for t in targets])
+        )
+        for target in targets:
+            pipe.hsetnx(self.keys.notify("since"), target.key, int(time.time() * 1000))
         for name, spec in config.rollouts.items():
             route = config.routes.get(spec.route)
             doc = {
@@ -102,7 +110,41 @@ class RolloutStore:
             }
             pipe.set(self.key(name, "spec"), json.dumps(doc))
             pipe.sadd(self.keys.rollouts, name)
+            pipe.srem(self.keys.rollouts_removed, name)
         await pipe.execute()
+        retired = []
+        for name in declared:
+            if name not in config.rollouts and await self._retire(name, identity):
+                retired.append(name)
+        return retired
+
+    async def _retire(self, name: str, identity: str) -> bool:
+        """Stop reconciling a rollout the policy no longer declares. Its spec, status and history
+        stay readable (`rolloutctl status/history NAME`); an unfinished one is Aborted, so no
+        weight outlives its declaration. False when another registrar retired it first."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.srem(self.keys.rollouts, name)
+        pipe.sadd(self.keys.rollouts_removed, name)
+        won, _ = await pipe.execute()
+        if not won:
+            return False
+        reason = "removed from the policy YAML"
+        for _ in range(_RETIRE_ATTEMPTS):
+            status = await self.get(name)
+            if status.phase not in ACTIVE:
+                await self._append(status, Actor.CONFIG, identity, "removed", reason)
+                return True
+            try:
+                await self.transition(
+                    status, abort(status, time.time(), reason), Actor.CONFIG, "removed", identity
+                )
+                return True
+            except ConflictError:
+                continue  # the controller moved it meanwhile: judge the new state
+        raise ConflictError(
+            f"{name} was removed from the policy and is no longer reconciled, but its status "
+            f"kept changing while being aborted: run `rolloutctl abort {name}`"
+        )
 
     async def has_all(self, names: list[str]) -> bool:
         """Whether every named rollout's spec is registered (one round trip)."""
@@ -111,7 +153,12 @@ class RolloutStore:
         return int(await self.client.exists(*(self.key(n, "spec") for n in names))) == len(names)
 
     async def names(self) -> list[str]:
+        """The rollouts the policy declares: the ones the controller reconciles."""
         return sorted(_text(n) for n in await self.client.smembers(self.keys.rollouts))
+
+    async def removed(self) -> list[str]:
+        """Rollouts once declared and since removed from the policy (kept for their history)."""
+        return sorted(_text(n) for n in await self.client.smembers(self.keys.rollouts_removed))
 
     async def registered(self, name: str) -> Registered:
         raw = await self.client.get(self.key(name, "spec"))
@@ -170,21 +217,35 @@ class RolloutStore:
         tunables = spec.tunables()
         status = await self.get(name)
         changes = ", ".join(f"{k}={v}" for k, v in assignments.items())
+        await self._append(
+            status, Actor.OPERATOR, identity, "thresholds", f"thresholds: {changes}",
+            also=lambda pipe: pipe.set(self.key(name, "thresholds"), json.dumps(tunables)),
+        )  # fmt: skip
+        return tunables
+
+    async def _append(
+        self,
+        status: RolloutStatus,
+        actor: Actor,
+        identity: str,
+        action: str,
+        reason: str,
+        also: Callable[[Pipeline], object] | None = None,
+    ) -> None:
+        """A history event that changes no status (with `also`'s writes in the same MULTI)."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.set(self.key(name, "thresholds"), json.dumps(tunables))
+        if also is not None:
+            also(pipe)
         pipe.xadd(
-            self.key(name, "history"),
+            self.key(status.name, "history"),
             {
                 "version": str(status.version),
-                **self._event(
-                    status, Actor.OPERATOR, identity, "thresholds", f"thresholds: {changes}"
-                ),
+                **self._event(status, actor, identity, action, reason),
             },
             maxlen=HISTORY_MAXLEN,
             approximate=True,
         )
         await pipe.execute()
-        return tunables
 
     # -- status ------------------------------------------------------------------------------
 
@@ -286,6 +347,27 @@ class RolloutStore:
             )
         return new.evolve(version=int(version))
 
+    # -- analyses ------------------------------------------------------------------------------
+
+    async def record_analysis(self, name: str, action: Action, now: float, ttl_s: float) -> None:
+        """The controller's latest analysis of a rollout: what it did, the guards' values and
+        every judge test's evidence; it expires when the controller stops analysing."""
+        doc = {
+            "at": now,
+            "action": str(action.kind),
+            "reason": action.reason,
+            "metrics": dict(action.metrics),
+            "evidence": action.analysis.evidence() if action.analysis is not None else [],
+        }
+        await self.client.set(self.key(name, "analysis"), json.dumps(doc), px=int(ttl_s * 1000))
+
+    async def analyses(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        """The latest recorded analysis of each named rollout that has one (one round trip)."""
+        if not names:
+            return {}
+        raws = await self.client.mget([self.key(n, "analysis") for n in names])
+        return {n: json.loads(r) for n, r in zip(names, raws, strict=True) if r is not None}
+
     # -- history -----------------------------------------------------------------------
 
     async def history(self, name: str) -> list[dict[str, Any]]:
@@ -297,7 +379,7 @@ class RolloutStore:
             out.append(
                 {
                     "id": _text(entry_id),
-                    "at": _iso(ts),
+                    "at": iso_time(ts),
                     "ts": ts,
                     "version": int(f["version"]),
                     "actor": f["actor"],

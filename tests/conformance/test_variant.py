@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from lvm_gateway.config.load import parse_config
-from lvm_gateway.config.spec import VariantSpec
+from lvm_gateway.config.spec import RetrySpec, VariantSpec
 from lvm_gateway.errors import (
     ConfigError,
     UpstreamConnectError,
@@ -210,3 +210,20 @@ def test_good_tls_settings_load(pki: Pki) -> None:
     spec = cfg.variants["phase2"]
     assert spec.tls is not None and isinstance(spec.tls.context(), ssl.SSLContext)
     assert spec.max_response_bytes == 64 * 1024 * 1024
+
+
+async def test_a_routes_retry_policy_bounds_the_attempts_and_their_kinds(raw: MakeRaw) -> None:
+    a, b = raw(fail), raw(fail)
+    client = variant(urls=[a.url, b.url])
+    try:
+        with pytest.raises(UpstreamStatusError):
+            await client.request("GET", "/", b"", {}, RetrySpec(attempts=1))
+        assert len(a.requests) + len(b.requests) == 1  # no retry at all
+        with pytest.raises(UpstreamStatusError):
+            await client.request("GET", "/", b"", {}, RetrySpec(on=("connect", "timeout")))
+        assert len(a.requests) + len(b.requests) == 2  # a 5xx is not retried when not named
+        with pytest.raises(UpstreamStatusError):
+            await client.request("GET", "/", b"", {}, RetrySpec(attempts=2, on=("5xx",)))
+        assert len(a.requests) + len(b.requests) == 4  # first try and one retry
+    finally:
+        client.close()

@@ -75,7 +75,9 @@ async def running(*coros: Any) -> AsyncIterator[None]:
     finally:
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Bounded, so a task stuck in its cleanup fails the test instead of hanging the run.
+        _, stuck = await asyncio.wait(tasks, timeout=10)
+        assert not stuck, f"tasks did not stop: {stuck}"
 
 
 async def test_healthy_canary_is_promoted_step_by_step(rig: Rig) -> None:
@@ -92,6 +94,13 @@ async def test_healthy_canary_is_promoted_step_by_step(rig: Rig) -> None:
     ]  # fmt: skip
     assert all(e["metrics"]["requests"] >= 20 for e in auto)
     assert all(e["metrics"]["p95_ms"] <= 5 for e in auto)
+    # Every move keeps the judge's evidence: per test, the estimates, interval and standing.
+    for e in auto:
+        tests = {ev["test"]: ev for ev in e["metrics"]["evidence"]}
+        assert tests["error_rate"]["standing"] == "clear"
+        assert tests["error_rate"]["lower"] <= tests["error_rate"]["upper"]
+    latest = (await rig.store.analyses(["phase2"]))["phase2"]
+    assert latest["action"] == "promote" and latest["evidence"]
 
 
 async def test_latency_regression_rolls_back(rig: Rig) -> None:
@@ -101,10 +110,12 @@ async def test_latency_regression_rolls_back(rig: Rig) -> None:
         await ops.start(rig.store, "phase2")
         done = await rig.until(lambda s: s.phase != Phase.PROGRESSING, 10)
         halt.set()
+    # 40 ms against stable's 1 ms: the judge's latency test (share of requests over the SLO)
+    # has evidence of harm at the first analysis with enough requests; no failure_limit.
     assert (done.phase, done.weight, done.step) == (Phase.ROLLED_BACK, 0.0, 0)
-    assert "p95_ms" in done.reason and "2 consecutive" in done.reason
+    assert "evidence of harm" in done.reason and "slow_rate" in done.reason
     events = await rig.store.history("phase2")
-    assert [e["action"] for e in events] == ["start", "failure", "rollback"]
+    assert [e["action"] for e in events] == ["start", "rollback"]
     assert events[-1]["metrics"]["p95_ms"] > 10
 
 
@@ -116,7 +127,8 @@ async def test_thin_traffic_pauses_instead_of_advancing(rig: Rig) -> None:
     async with running(rig.traffic(), run_controller(rig.redis_url, rig.prefix, halt, "c1")):
         done = await rig.until(lambda s: s.phase != Phase.PROGRESSING, 5)
         halt.set()
-    assert (done.phase, done.weight, done.step) == (Phase.PAUSED, 10.0, 0)
+    # Paused at the weight before the first step: an unjudged canary keeps no users.
+    assert (done.phase, done.weight, done.step) == (Phase.PAUSED, 0.0, 0)
     assert done.reason.startswith("insufficient traffic")
 
 

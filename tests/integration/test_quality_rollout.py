@@ -163,6 +163,11 @@ def served_by(reports: list[TrafficReport]) -> dict[str, int]:
     return out
 
 
+def names_a_hit_rate(reason: str) -> bool:
+    """The judge rolls back on whichever Hit@K test shows harm first (or the hit5 guard)."""
+    return any(f"hit{k}" in reason for k in (1, 5, 10))
+
+
 def only_stable_after(gw: Gateway, n: int = 20) -> set[str]:
     """Variants serving n fresh users once a rollback has reached the gateway."""
     seen = set()
@@ -192,10 +197,10 @@ async def test_quality_regression_is_rolled_back(
             stable_scored = gw.metric("lvmgw_scored_answers_total", variant=STABLE)
         history = await rolloutctl(redis_url, store, "history", NAME)
     assert (done.phase, done.weight, done.step) == (Phase.ROLLED_BACK, 0.0, 0), done.reason
-    assert "hit5" in done.reason
+    assert names_a_hit_rate(done.reason), done.reason
     last = history[-1]
     assert (last["actor"], last["phase"]) == ("controller", "RolledBack")
-    assert "hit5" in last["reason"] and last["metrics"]["hit5"] < ROLLBACK["hit5_min"]
+    assert names_a_hit_rate(last["reason"]) and last["metrics"]["hit5"] < ROLLBACK["hit5_min"]
     assert [e["action"] for e in history if e["actor"] == "controller"][-1] == "rollback"
     # The gateway's own Prometheus view agrees: the canary's proxy is far below stable's.
     assert canary_scored >= 10 and stable_scored >= 40
@@ -232,10 +237,12 @@ async def test_lane_only_regression_is_rolled_back(
             }
         history = await rolloutctl(redis_url, store, "history", NAME)
     assert (done.phase, done.weight) == (Phase.ROLLED_BACK, 0.0), done.reason
-    assert "lane_delta" in done.reason and "lane_3" in done.reason, done.reason
+    # The judge's lane test (or the lane_delta guard) names the lane.
+    assert "lane_hit5@lane_3" in done.reason or "lane_delta" in done.reason, done.reason
+    assert "lane_3" in done.reason
     last = history[-1]
     assert (last["actor"], last["phase"]) == ("controller", "RolledBack")
-    assert last["metrics"]["lane_delta"] > ROLLBACK["lane_delta_max"]
+    assert last["metrics"]["lane_delta"] > 0  # a shortfall beyond noise on lane 3
     # Overall the canary looked fine: its Hit@5 proxy met even the success bound.
     assert "hit5 " not in last["reason"]
     assert last["metrics"]["hit5"] >= success["hit5_min"]
@@ -260,7 +267,9 @@ async def test_nan_predictions_are_never_a_success_and_roll_back(
             bad_status = gw.metric("lvmgw_requests_total", variant=NAME, status="502")
         history = await rolloutctl(redis_url, store, "history", NAME)
     assert (done.phase, done.weight) == (Phase.ROLLED_BACK, 0.0), done.reason
-    assert "invalid_rate" in done.reason and "error_rate" not in done.reason
+    # The judge sees the NaN answers as errors too (they are 502s): what matters is that the
+    # invalid-prediction signal names them.
+    assert "invalid_rate" in done.reason
     assert history[-1]["metrics"]["invalid_rate"] > ROLLBACK["invalid_rate_max"]
     canary = [r.variants[NAME] for r in reports if NAME in r.variants]
     stable = [r.variants[STABLE] for r in reports if STABLE in r.variants]
@@ -301,8 +310,9 @@ async def test_shadow_step_measures_the_canary_with_zero_user_exposure(
             )  # fmt: skip
             assert cli.returncode == 0, cli.stderr
             async with background(users(gw.url, seed=1)) as later:
+                # Every lane needs lane_min_feedback a side before the judge clears it.
                 moved = await until(store, lambda s: s.step >= 1 or s.phase != Phase.PROGRESSING,
-                                    20)  # fmt: skip
+                                    60)  # fmt: skip
                 at_ten = time.monotonic()
                 while served_by(later).get(NAME, 0) < 5 and time.monotonic() - at_ten < 10:
                     await asyncio.sleep(0.2)
@@ -348,14 +358,11 @@ async def test_a_bad_canary_is_rolled_back_from_shadow_before_any_user_sees_it(
             canary_served = gw.metric("lvmgw_requests_total", variant=NAME)
         history = await store.history(NAME)
     assert (done.phase, done.step, done.weight) == (Phase.ROLLED_BACK, 0, 0.0), done.reason
-    assert "hit5" in done.reason
-    # Judged in shadow, breached (twice in a row: failure_limit 2), rolled back: never at a user
-    # step. An early "certain" breach on thin feedback may be followed by a reset ("hold").
+    assert names_a_hit_rate(done.reason), done.reason
+    # Judged in shadow and rolled back there (the judge's evidence of harm, or an SLO guard's
+    # breach twice in a row): never at a user step.
     moves = [(e["action"], e["step"], e["weight"]) for e in history]
-    assert moves[0] == ("start", 0, 0.0) and moves[-2:] == [
-        ("failure", 0, 0.0),
-        ("rollback", 0, 0.0),
-    ], moves
+    assert moves[0] == ("start", 0, 0.0) and moves[-1] == ("rollback", 0, 0.0), moves
     assert {m[1:] for m in moves} == {(0, 0.0)}, moves
     assert served_by(reports).keys() == {STABLE} and canary_served == 0
     assert mirrored >= 20

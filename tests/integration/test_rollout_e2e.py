@@ -8,22 +8,20 @@ import random
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from redis.exceptions import RedisError
 
-from lvm_gateway.contract.rollout import Phase, RolloutStatus
+from lvm_gateway.contract.rollout import Phase
 from lvm_gateway.procs import BIN, free_port
 from lvm_gateway.redisconn import open_client, start_redis_server
 from lvm_gateway.rollout import ops
-from lvm_gateway.rollout.store import RolloutStore
 from tests.integration.gateway_env import gateway, infer_body, model_servers
-from tests.rolloutkit import rollout_store, write_policy
+from tests.rolloutkit import rollout_store, until_status, write_policy
 
 pytestmark = pytest.mark.integration
 
@@ -86,22 +84,6 @@ async def probing(urls: list[str], per_gateway: int = 3) -> AsyncIterator[Probe]
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def until(
-    store: RolloutStore, check: Callable[[RolloutStatus], bool], within_s: float
-) -> RolloutStatus:
-    deadline = time.monotonic() + within_s
-    status = None
-    while True:
-        # Redis may be restarting under the test: a dropped connection is retried.
-        with contextlib.suppress(RedisError, OSError):
-            status = await store.get("phase2")
-            if check(status):
-                return status
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out; last status {status}")
-        await asyncio.sleep(0.05)
-
-
 def policy_for(tmp: Path, servers: dict[str, str], canary: str, **rollout: Any) -> Path:
     path = tmp / f"policy-{uuid.uuid4().hex[:6]}.yaml"
     prefix = f"e{uuid.uuid4().hex[:8]}"
@@ -114,7 +96,7 @@ async def test_full_promotion(servers: dict[str, str], redis_url: str, tmp_path:
         with gateway(policy.read_text(), redis_url, tmp_path) as gw:
             async with probing([gw.url]) as probe:
                 await ops.start(store, "phase2")
-                done = await until(store, lambda s: s.phase != Phase.PROGRESSING, 40)
+                done = await until_status(store, lambda s: s.phase != Phase.PROGRESSING, 40)
                 assert done.phase == Phase.PROMOTED, done.reason
                 promoted_at = time.time()
                 await asyncio.sleep(1.5)
@@ -136,12 +118,12 @@ async def test_latency_regression_is_rolled_back(
         with gateway(policy.read_text(), redis_url, tmp_path) as gw:
             async with probing([gw.url]) as probe:
                 await ops.start(store, "phase2")
-                done = await until(store, lambda s: s.phase != Phase.PROGRESSING, 30)
+                done = await until_status(store, lambda s: s.phase != Phase.PROGRESSING, 30)
                 rolled_at = time.time()
                 await asyncio.sleep(1.5)
         events = await store.history("phase2")
     assert (done.phase, done.weight) == (Phase.ROLLED_BACK, 0.0)
-    assert "p95_ms" in done.reason
+    assert "slow_rate" in done.reason or "p95_ms" in done.reason, done.reason  # judge or guard
     assert events[-1]["actor"] == "controller" and events[-1]["metrics"]["p95_ms"] > 150
     after = probe.since(rolled_at + 1.0)
     assert after and {v for _, _, v, _ in after} == {"phase1"}
@@ -206,7 +188,7 @@ async def test_redis_restart_mid_rollout(servers: dict[str, str], tmp_path: Path
             with gateway(policy.read_text(), url, tmp_path) as gw:
                 async with probing([gw.url]) as probe:
                     await ops.start(store, "phase2")
-                    await until(store, lambda s: s.step >= 1, 30)
+                    await until_status(store, lambda s: s.step >= 1, 30)
                     server.kill()
                     server.wait()
                     down_at = time.time()
@@ -216,7 +198,7 @@ async def test_redis_restart_mid_rollout(servers: dict[str, str], tmp_path: Path
                     await asyncio.sleep(1.5)
                     outage = probe.since(down_at + 0.2)
                     server = start_redis_server(*args, cwd=tmp_path / "redis")
-                    done = await until(store, lambda s: s.phase != Phase.PROGRESSING, 40)
+                    done = await until_status(store, lambda s: s.phase != Phase.PROGRESSING, 40)
                     await asyncio.to_thread(
                         gw.wait_until, lambda: gw.http.get("/readyz").json()["status"] == "ready"
                     )

@@ -162,8 +162,9 @@ async def test_thresholds_validated_and_held(store: RolloutStore) -> None:
     bad = [
         ({"nope": "1"}, "unknown key 'nope'"),
         ({"success.p99_ms_max": "1"}, "unknown key 'success.p99_ms_max'"),
-        ({"success.error_rate_max": "2"}, "success.error_rate_max: Input should be less"),
-        ({"min_requests": "many"}, "min_requests: Input should be a valid integer"),
+        # Messages in the user's words, with the offending value (issue 10).
+        ({"success.error_rate_max": "2"}, "success.error_rate_max: 2 is more than 1"),
+        ({"min_requests": "many"}, 'min_requests: must be a whole number, got "many"'),
         ({"rollback.p95_ms_max": "6"}, "must be >= success.p95_ms_max (8)"),
         ({"failure_limit": "none"}, "cannot be unset"),
     ]

@@ -6,6 +6,7 @@ policies/  routing policies       import neither plane nor lvm/
 config/    the policy document    imports neither plane nor lvm/
 contract/  the shared ground      imports nothing of the project but errors, and no I/O
 lvm/       reference servers      import neither plane, policies nor config
+admin/     the status page        reads the control plane; never imports gateway/ or lvm/
 serve.py   the wiring point       the one module that imports both planes
 """
 
@@ -19,16 +20,28 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "lvm_gateway"
 
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "gateway": ("lvm_gateway.rollout", "lvm_gateway.lvm"),
-    "rollout": ("lvm_gateway.gateway", "lvm_gateway.lvm"),
-    "policies": ("lvm_gateway.gateway", "lvm_gateway.rollout", "lvm_gateway.lvm"),
-    "config": ("lvm_gateway.gateway", "lvm_gateway.rollout", "lvm_gateway.lvm"),
+    "gateway": ("lvm_gateway.rollout", "lvm_gateway.lvm", "lvm_gateway.admin"),
+    "rollout": ("lvm_gateway.gateway", "lvm_gateway.lvm", "lvm_gateway.admin"),
+    "policies": (
+        "lvm_gateway.gateway",
+        "lvm_gateway.rollout",
+        "lvm_gateway.lvm",
+        "lvm_gateway.admin",
+    ),
+    "config": (
+        "lvm_gateway.gateway",
+        "lvm_gateway.rollout",
+        "lvm_gateway.lvm",
+        "lvm_gateway.admin",
+    ),
     "lvm": (
         "lvm_gateway.gateway",
         "lvm_gateway.rollout",
         "lvm_gateway.policies",
         "lvm_gateway.config",
+        "lvm_gateway.admin",
     ),
+    "admin": ("lvm_gateway.gateway", "lvm_gateway.lvm"),
 }
 # The contract is the ground floor: pure types and rules, no I/O libraries.
 CONTRACT_ALLOWED_PROJECT = ("lvm_gateway.contract", "lvm_gateway.errors")

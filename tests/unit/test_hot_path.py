@@ -51,6 +51,9 @@ class FakeControlPlane:
     shadow: Mapping[str, float] = field(default_factory=dict)
     connected: bool = True
     routing: str = "redis"
+    analyses: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    phases: Mapping[str, str] = field(default_factory=dict)
+    notifications: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
     recorder: FakeRecorder = field(default_factory=FakeRecorder)
     configs: list[Config] = field(default_factory=list)
 
@@ -244,6 +247,7 @@ async def test_fixed_endpoints_answer_only_their_methods(app) -> None:
     assert r.status == 404 and r.json()["routes"] == ["/infer"]
     metrics = (await asgi(gw, "GET", "/metrics")).body.decode()
     assert "lvmgw_prediction_records_dropped_total 0.0" in metrics
+    assert 'lvmgw_upstream_endpoint_up{endpoint="http://127.0.0.1:' in metrics
 
 
 async def test_a_malformed_feedback_is_a_400_before_any_redis_call(app) -> None:
@@ -308,3 +312,38 @@ class _NoRedis:
 
     async def hgetall(self, key: str) -> dict[bytes, bytes]:
         return {}
+
+
+async def test_the_controllers_evidence_is_exported_per_rollout_and_test(app) -> None:
+    gw, cp = app
+    cp.analyses = {
+        "phase2": {
+            "evidence": [
+                {"test": "error_rate", "canary": 0.02, "baseline": 0.001, "difference": 0.019,
+                 "lower": 0.012, "upper": 0.026, "statistic": 4.1, "threshold": 3.2,
+                 "margin": 0.005, "standing": "harm"},
+                {"test": "lane_hit5@lane_3", "canary": None, "baseline": None,
+                 "difference": None, "lower": None, "upper": None, "statistic": None,
+                 "threshold": None, "margin": 0.15, "standing": "insufficient"},
+            ]
+        }
+    }  # fmt: skip
+    text = (await asgi(gw, "GET", "/metrics")).body.decode()
+    assert 'lvmgw_rollout_analysis_difference{rollout="phase2",test="error_rate"} 0.019' in text
+    assert 'lvmgw_rollout_analysis_interval_lower{rollout="phase2",test="error_rate"} 0.012' in text
+    harm = 'lvmgw_rollout_analysis_standing{rollout="phase2",standing="harm",test="error_rate"} 1.0'
+    assert harm in text
+    assert 'test="lane_hit5@lane_3"} 0.15' in text  # its margin, with no estimate yet
+    assert 'lvmgw_rollout_analysis_estimate{rollout="phase2",test="lane_hit5@lane_3"}' not in text
+
+
+async def test_a_fixed_endpoint_that_fails_answers_502_not_500(app) -> None:
+    gw, _ = app
+
+    def broken() -> Mapping[str, str]:
+        raise RuntimeError("a collector bug")
+
+    gw.rollout_collector.phases = broken
+    r = await asgi(gw, "GET", "/metrics")
+    assert r.status == 502 and r.json()["error"] == "gateway_error"
+    assert (await asgi(gw, "GET", "/healthz")).status == 200

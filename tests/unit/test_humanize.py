@@ -55,7 +55,10 @@ def test_union_members_are_merged_into_one_message_at_the_written_path() -> None
     assert lines(
         "variants: {a: {url: 'http://x'}}\nroutes: [{path: /i, policy: a}]\n"
         "rollouts: {r: {route: /i, steps: [x, 10, 100]}}"
-    ) == ["rollouts.r.steps[0]: must be a number or 'shadow', got \"x\" (a string)"]
+    ) == [  # the step validator names every kind of step (pause steps included)
+        "rollouts.r.steps[0]: 'x' is not a step: give a percent, 'shadow', {pause: {}} or "
+        "{pause: {duration: 1h}}"
+    ]
 
 
 def test_bounds_show_the_offending_value() -> None:

@@ -109,7 +109,12 @@ def test_canary_decision_falls_back_to_stable() -> None:
 def test_open_canary_circuit_routes_to_stable() -> None:
     policy = tree("{canary: {stable: a, canary: b, weight: 100}}")
     decision = policy.decide(req(), RoutingView(draw=0.5, open_circuits=frozenset({"b"})))
-    assert (decision.variant, decision.fallback) == ("a", None)
+    assert (decision.variant, decision.fallback, decision.diverted) == ("a", None, "b")
+    # Only canary users are diverted: a stable user's decision does not charge the canary.
+    half = tree("{canary: {stable: a, canary: b, weight: 50}}")
+    outside = half.decide(req(), RoutingView(draw=0.9, open_circuits=frozenset({"b"})))
+    assert (outside.variant, outside.diverted) == ("a", None)
+    assert policy.decide(req(), RoutingView(draw=0.5)).diverted is None
 
 
 def test_mirror_share() -> None:

@@ -94,12 +94,12 @@ def test_rollback_pause_resume() -> None:
     assert (paused.phase, paused.weight) == (Phase.PAUSED, 20.0)
     with pytest.raises(InvalidTransitionError, match="cannot pause"):
         t.pause(paused, T0)
-    resumed = t.resume(paused, T0 + 10)
+    resumed = t.resume(paused, SPEC, T0 + 10)
     assert (resumed.phase, resumed.step_started_at, resumed.failures) == (
         Phase.PROGRESSING, T0 + 10, 0,
     )  # fmt: skip
     with pytest.raises(InvalidTransitionError, match="cannot resume"):
-        t.resume(resumed, T0)
+        t.resume(resumed, SPEC, T0)
 
 
 def test_align_follows_the_policy() -> None:

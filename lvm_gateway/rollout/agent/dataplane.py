@@ -21,17 +21,23 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 from redis.exceptions import RedisError
 
 from lvm_gateway.config.load import Config
+from lvm_gateway.errors import RolloutError
 from lvm_gateway.redisconn import open_client
 from lvm_gateway.rollout.agent.recorder import WindowRecorder
 from lvm_gateway.rollout.agent.snapshot import Pair, RolloutSnapshot
 from lvm_gateway.rollout.controller import run_controller
+from lvm_gateway.rollout.notify import DeliveryStats
 from lvm_gateway.rollout.store import RolloutStore
 
 log = logging.getLogger(__name__)
+
+ANALYSIS_POLL_TICKS = 5  # flush ticks between reads of the controller's latest analyses
 
 
 def rollout_pairs(config: Config) -> dict[str, Pair]:
@@ -62,10 +68,14 @@ class RolloutDataPlane:
         self.flush_interval_s = flush_interval_s
         self.lease_seconds = lease_seconds
         self.recheck_interval_s = 5.0  # how often registration checks Redis still has the specs
+        # The controller's latest analysis per rollout (evidence for /metrics), polled.
+        self.analyses: Mapping[str, dict[str, Any]] = MappingProxyType({})
         self.recorder = WindowRecorder(prefix)
         # The last statuses read from Redis, for a cold start while Redis is unreachable.
         state_file = state_dir / f"rollouts-{prefix}.json" if state_dir is not None else None
         self.snapshot = RolloutSnapshot(redis_url, prefix, poll_interval_s, state_file)
+        self.deliveries = DeliveryStats()  # webhook outcomes while this process's controller led
+        self.snapshot = RolloutSnapshot(redis_url, prefix, poll_interval_s)
         self._client = open_client(redis_url)
         self._store = RolloutStore(self._client, prefix)
         self._stop = asyncio.Event()
@@ -88,13 +98,24 @@ class RolloutDataPlane:
     def routing(self) -> str:
         return self.snapshot.routing
 
+    @property
+    def phases(self) -> Mapping[str, str]:
+        """Each bound rollout's phase as last read (Pending before its first start)."""
+        return {n: str(s.phase) if s else "Pending" for n, s in self.snapshot.statuses.items()}
+
+    @property
+    def notifications(self) -> Mapping[tuple[str, str, str], int]:
+        """(webhook, event, outcome) -> count, for /metrics."""
+        return self.deliveries.counts
+
     async def start(self, config: Config) -> None:
         self.snapshot.bind(rollout_pairs(config))
         self._tasks.append(asyncio.create_task(self.snapshot.run(), name="rollout-snapshot"))
         self._tasks.append(asyncio.create_task(self._flush_loop(), name="rollout-flush"))
         if self.run_controller:
             controller = run_controller(self.redis_url, self.prefix, self._stop, self.identity,
-                                        lease_seconds=self.lease_seconds)  # fmt: skip
+                                        lease_seconds=self.lease_seconds,
+                                        notifier_stats=self.deliveries)  # fmt: skip
             self._tasks.append(asyncio.create_task(controller, name="rollout-controller"))
         self._schedule_register(config)
 
@@ -125,12 +146,20 @@ class RolloutDataPlane:
                 log.debug("registering rollouts waits for Redis: %s", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+            except RolloutError as exc:  # a retired rollout could not be aborted: say so
+                log.warning("registering rollouts: %s", exc)
+                return
 
     async def _flush_loop(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(self.flush_interval_s)
+            ticks += 1
             try:
                 await self.recorder.flush(self._client)
+                if ticks % ANALYSIS_POLL_TICKS == 0:
+                    names = list(self.snapshot.weights)
+                    self.analyses = MappingProxyType(await self._store.analyses(names))
             except (RedisError, OSError) as exc:
                 log.debug("window flush deferred: %s", exc)
 
