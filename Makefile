@@ -39,6 +39,7 @@ fmt: $(STAMP)
 bench: $(STAMP)
 	bash bench/ensure-tools.sh
 	$(BIN)/python -m bench.proxy_bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.payload_bench $(PAYLOAD_ARGS)
 
 schema: $(STAMP)
 	$(BIN)/lvm-gateway schema > deploy/schema/lvm-gateway.schema.json

@@ -84,14 +84,16 @@ class Bench:
             self._redis_url = url
         return self._redis_url
 
-    def gateway(self, name: str, config: dict[str, Any], workers: int = 1) -> str:
+    def gateway(
+        self, name: str, config: dict[str, Any], workers: int = 1, server: str = "uvicorn"
+    ) -> str:
         """Start `lvm-gateway serve` (no rollout controller) with `config`; its base URL."""
         path = self.harness.workdir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         port = free_port()
         args = ["lvm-gateway", "serve", "--config", str(path), "--host", "127.0.0.1"]
         args += ["--port", str(port), "--redis", self.redis_url, "--workers", str(workers)]
-        args += ["--no-controller", "--log-level", "warning"]
+        args += ["--no-controller", "--log-level", "warning", "--server", server]
         self.harness.spawn(name, args, f"http://127.0.0.1:{port}/readyz")
         return f"http://127.0.0.1:{port}"
 
@@ -183,8 +185,10 @@ def canary_config(bench: Bench) -> dict[str, Any]:
     }
 
 
-def gateway_canary(workers: int) -> Callable[[Bench], str]:
-    return lambda bench: bench.gateway(f"gateway-{workers}w", canary_config(bench), workers)
+def gateway_canary(workers: int, server: str = "uvicorn") -> Callable[[Bench], str]:
+    return lambda bench: bench.gateway(
+        f"gateway-{workers}w-{server}", canary_config(bench), workers, server
+    )
 
 
 def gateway_records(rate: float) -> Callable[[Bench], str]:
@@ -250,6 +254,8 @@ TARGETS = (
     Target("nginx (1 worker)", "reference", nginx_proxy(1)),
     Target("gateway 1w", "candidate", gateway_canary(1)),
     Target("gateway 2w", "candidate", gateway_canary(2)),
+    Target("gateway 1w granian", "candidate", gateway_canary(1, "granian")),
+    Target("gateway 2w granian", "candidate", gateway_canary(2, "granian")),
     Target("gateway 1w, no records", "candidate", gateway_records(0)),
     Target("gateway 1w, every answer recorded", "candidate", gateway_records(1.0)),
     Target("gateway 1w, no inspect", "candidate", gateway_no_inspect),

@@ -72,6 +72,16 @@ def build_app() -> object:
     return GatewayApp(config, dataplane, redis_url)
 
 
+def build_rsgi_app() -> object:
+    """granian factory: the same app behind the RSGI interface (gateway/rsgi.py)."""
+    from lvm_gateway.gateway.app import GatewayApp
+    from lvm_gateway.gateway.rsgi import RSGIGateway
+
+    app = build_app()
+    assert isinstance(app, GatewayApp)
+    return RSGIGateway(app)
+
+
 @dataclass(frozen=True)
 class ClientLimits:
     """What a client may cost the server: see gateway/server.py."""
@@ -119,6 +129,7 @@ def serve(
     log_format: str = "text",
     access_log: bool = False,
     admin: AdminSettings | None = None,
+    server: str = "uvicorn",
 ) -> None:
     import uvicorn
 
@@ -149,6 +160,9 @@ def serve(
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lvmgw-metrics-")
     try:
+        if server == "granian":
+            _serve_granian(host, port, workers, log_level, limits)
+            return
         uvicorn.run(
             "lvm_gateway.serve:build_app",
             factory=True,
@@ -173,6 +187,32 @@ def serve(
             admin_server.stop()
 
 
+def _serve_granian(
+    host: str, port: int, workers: int, log_level: str, limits: ClientLimits
+) -> None:
+    """granian (Rust/hyper HTTP, RSGI). Its own client limits: the request-head timeout maps to
+    its http1 header_read_timeout; it has no idle keep-alive timeout and no connection cap
+    (--keep-alive-timeout and --max-connections are uvicorn's)."""
+    try:
+        from granian import Granian
+        from granian.http import HTTP1Settings
+    except ImportError:
+        raise SystemExit("lvm-gateway: --server granian needs `pip install granian`") from None
+    Granian(
+        "lvm_gateway.serve:build_rsgi_app",
+        address=host,
+        port=port,
+        interface="rsgi",
+        workers=workers,
+        loop="uvloop",
+        http="1",
+        http1_settings=HTTP1Settings(header_read_timeout=int(limits.header_timeout_s * 1000)),
+        factory=True,
+        log_level=log_level,
+        backlog=1024,
+    ).serve()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = termout.parser("lvm-gateway", __doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -195,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--log-format", default="text", choices=FORMATS,
                          help="text, or one JSON object per line")  # fmt: skip
     p_serve.add_argument("--access-log", action="store_true", help="log every request")
+    p_serve.add_argument(
+        "--server",
+        choices=("uvicorn", "granian"),
+        default="uvicorn",
+        help="the HTTP server: uvicorn (httptools, uvloop; ASGI) or granian (RSGI)",
+    )
     p_serve.add_argument(
         "--client-header-timeout",
         type=float,
@@ -267,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             None
             if args.admin_port is None
             else AdminSettings(args.admin_host or args.host, args.admin_port, args.admin_token_env),
+            args.server,
         )
     except ConfigError as exc:
         for e in exc.errors:

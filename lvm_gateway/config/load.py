@@ -32,6 +32,7 @@ class Route:
     fallback: bool
     inspect: bool
     rollout: str | None  # the rollout that drives this route's canary, if any
+    protocol: str = "lvm-json"  # what its clients speak (config.spec.Protocol)
     stable: str | None = None  # that canary policy's stable and canary names
     canary: str | None = None
     canary_leaves: frozenset[str] = frozenset()  # the variants the canary subtree can send to
@@ -143,6 +144,7 @@ def parse_config(data: Any, source: str = "") -> Config:
             fallback=r.fallback,
             inspect=r.inspect,
             rollout=tb.rollout,
+            protocol=r.protocol,
             stable=tb.claims[0][1] if tb.rollout and tb.claims else None,
             canary=tb.claims[0][2] if tb.rollout and tb.claims else None,
             canary_leaves=tb.claims[0][3] if tb.rollout and tb.claims else frozenset(),

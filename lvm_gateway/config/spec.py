@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from lvm_gateway.config.tls import TLSSpec
+from lvm_gateway.contract.oip import INFER_PATH
 from lvm_gateway.contract.rollout import RolloutSpec
 from lvm_gateway.contract.strict import Seq, StrictModel
 from lvm_gateway.errors import ConfigError
@@ -26,6 +27,8 @@ READY_PATH = "/readyz"
 METRICS_PATH = "/metrics"
 RESERVED_PATHS = (FEEDBACK_PATH, HEALTH_PATH, READY_PATH, METRICS_PATH)
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"  # secrets are named by environment variable, never inlined
+# The wire protocols of inference requests (contract/lvm.py, contract/oip.py).
+Protocol = Literal["lvm-json", "oip-v2"]
 
 
 class CircuitSpec(StrictModel):
@@ -48,6 +51,9 @@ class VariantSpec(StrictModel):
     max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1)  # larger answers: a 502
     tls: TLSSpec | None = None  # for https:// endpoints; None: the system CA store
     circuit: CircuitSpec = CircuitSpec()
+    # What the variant speaks; the gateway translates when a route's clients speak the other.
+    protocol: Protocol = "lvm-json"
+    model: str = Field(default="lvm", pattern=r"^[^/]+$")  # its v2 model: /v2/models/{model}/infer
 
     @model_validator(mode="after")
     def _one_of_url_urls(self) -> VariantSpec:
@@ -96,6 +102,8 @@ class RouteSpec(StrictModel):
     # Inspect answers as LVM predictions: NaN/Inf and wrong dimensions become errors, empty hits
     # are counted, and predictions are recorded for feedback. Off for non-inference routes.
     inspect: bool = True
+    # What the route's clients speak: oip-v2 routes are /v2/models/{name}/infer paths.
+    protocol: Protocol = "lvm-json"
     policy: PolicySpec
 
     @field_validator("path")
@@ -106,6 +114,14 @@ class RouteSpec(StrictModel):
         if path.startswith(RESERVED_PATHS):
             raise ValueError(f"{path} is reserved by the gateway")
         return path
+
+    @model_validator(mode="after")
+    def _v2_path(self) -> RouteSpec:
+        if self.protocol == "oip-v2" and not INFER_PATH.match(self.path):
+            raise ValueError(
+                f"an oip-v2 route's path is /v2/models/{{name}}/infer, got {self.path}"
+            )
+        return self
 
 
 class FeedbackSpec(StrictModel):

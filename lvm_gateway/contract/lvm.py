@@ -37,6 +37,7 @@ _DOMAIN_HEADERS = ("x-tmd-domain", "x-tmd-lane")
 _TASK_HEADER, _MODIFIER_HEADER = "x-tmd-task", "x-tmd-modifier"
 # The domain of a body's tmd_codes, found without parsing megabytes of context vectors.
 _BODY_DOMAIN = re.compile(rb'"tmd_codes"\s*:\s*\[\s*(-?\d+)')
+TMD_SCAN_BYTES = 512
 
 
 def lane_name(domain: int | None) -> str:
@@ -69,8 +70,11 @@ def tmd_from_headers(headers: Mapping[str, str]) -> Tmd | None:
 def tmd_from_body(doc: Any) -> Tmd | None:
     """The body's `tmd_codes` [domain, task, modifier]; None when absent."""
     codes = doc.get("tmd_codes") if isinstance(doc, dict) else None
-    if codes is None:
-        return None
+    return None if codes is None else tmd_of_codes(codes)
+
+
+def tmd_of_codes(codes: Any) -> Tmd:
+    """[domain, task, modifier] as a Tmd, from a JSON body or a v2 `tmd_codes` tensor."""
     if (
         not isinstance(codes, list)
         or len(codes) != len(TMD_FIELDS)
@@ -81,7 +85,12 @@ def tmd_from_body(doc: Any) -> Tmd | None:
 
 
 def domain_in_body(body: bytes) -> int | None:
-    """The body's tmd_codes[0] by a byte scan (no JSON parse); None when there is none."""
+    """The body's tmd_codes[0] by a byte scan (no JSON parse) of its first and last
+    TMD_SCAN_BYTES: clients write the short fields before or after the megabytes of context
+    vectors, so a scan of the whole body (2.6 ms at 4.4 MB) finds nothing more in practice;
+    None when there is none."""
+    if len(body) > 4 * TMD_SCAN_BYTES:
+        body = body[:TMD_SCAN_BYTES] + b" " + body[-TMD_SCAN_BYTES:]
     m = _BODY_DOMAIN.search(body)
     return int(m.group(1)) if m else None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import os
@@ -31,8 +32,19 @@ from lvm_gateway.config.spec import (
     READY_PATH,
     read_secret,
 )
+from lvm_gateway.contract.lvm import TMD_SCAN_BYTES
+from lvm_gateway.contract.oip import (
+    HEADER_LENGTH,
+    HEALTH_LIVE_PATH,
+    HEALTH_READY_PATH,
+    PREDICTED,
+    PROTOCOL,
+    model_metadata,
+    model_of,
+    parse_request_head,
+)
 from lvm_gateway.errors import BadRequestError, ConfigError, UpstreamError
-from lvm_gateway.gateway.bodies import BodyBudget, Receive
+from lvm_gateway.gateway.bodies import BodyBudget, Receive, StreamedBody
 from lvm_gateway.gateway.circuit import Circuits
 from lvm_gateway.gateway.dispatch import Call, Dispatcher, RecorderLike
 from lvm_gateway.gateway.feedback import FeedbackIntake
@@ -59,6 +71,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 _JSON = b"application/json"
 
 Headers = tuple[tuple[bytes, bytes], ...]
+# Smaller bodies arrive in one ASGI message anyway: streaming them would only add overhead.
+STREAM_MIN_BYTES = 64 * 1024
 # A fixed endpoint: (scope, receive) -> (status, body, content type, extra headers).
 Endpoint = Callable[[Scope, Receive], Awaitable[tuple[int, bytes, bytes]]]
 
@@ -148,6 +162,8 @@ class GatewayApp:
             READY_PATH: (frozenset({"GET", "HEAD"}), self._readyz),
             METRICS_PATH: (frozenset({"GET", "HEAD"}), self._metrics),
         }
+        # The v2 protocol's health and model metadata endpoints, while a route speaks it.
+        self._v2: dict[str, tuple[frozenset[str], Endpoint]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -205,7 +221,39 @@ class GatewayApp:
         self.records.configure(config.spec.redis_prefix, fb.ttl_seconds, fb.sample_rate)
         self.bodies.budget_bytes = config.spec.limits.buffered_body_bytes
         self.bodies.timeout_s = config.spec.limits.body_timeout_seconds
+        self._v2 = self._v2_endpoints(config)
+        self._one_protocol = frozenset(
+            path
+            for path, r in config.routes.items()
+            if all(config.variants[v].protocol == r.protocol for v in r.policy.leaves())
+        )
         self.config = config
+
+    def _v2_endpoints(self, config: Config) -> dict[str, tuple[frozenset[str], Endpoint]]:
+        models = {model_of(r.path) for r in config.routes.values() if r.protocol == PROTOCOL}
+        if not models:
+            return {}
+        get = frozenset({"GET", "HEAD"})
+
+        async def ready(scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
+            # The protocol's health answers are the status alone, with an empty body.
+            return (200 if self._started else 503), b"", _JSON
+
+        out = {HEALTH_READY_PATH: (get, ready), HEALTH_LIVE_PATH: (get, self._empty_ok)}
+        for model in sorted(m for m in models if m is not None):
+            doc = orjson.dumps(model_metadata(model, "lvm-gateway"))
+
+            async def metadata(
+                scope: Scope, receive: Receive, doc: bytes = doc
+            ) -> tuple[int, bytes, bytes]:
+                return 200, doc, _JSON
+
+            out[f"/v2/models/{model}"] = (get, metadata)
+            out[f"/v2/models/{model}/ready"] = (get, ready)
+        return out
+
+    async def _empty_ok(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
+        return 200, b"", _JSON
 
     async def _flush_records(self) -> None:
         """Prediction records reach Redis within ~100 ms; while Redis is down they wait, bounded."""
@@ -310,7 +358,13 @@ class GatewayApp:
                     f"{scope['method']} not allowed on {path}; use {allowed}", status=405
                 )
             limits = self.config.spec.limits
-            async with self.bodies.read(receive, limits.max_body_bytes) as body:
+            length = self._streams(route, headers)
+            reader = (
+                self.bodies.stream(receive, limits.max_body_bytes, length)
+                if length
+                else self.bodies.read(receive, limits.max_body_bytes)
+            )
+            async with reader as body:
                 status, payload, ctype, variant, passed, recorded = await self._proxy(
                     route, scope, headers, body, gateway_id, cid
                 )
@@ -340,18 +394,46 @@ class GatewayApp:
         await _respond(send, status, payload, ctype, extra)
         self.metrics.request(path, variant, status, time.perf_counter() - started)
 
+    def _streams(self, route: Route, headers: dict[str, str]) -> int:
+        """The body's length when it is streamed to the upstream as it arrives, else 0.
+
+        Streamed: an LVM JSON route (a v2 request's JSON object is read before routing) whose
+        variants all speak it (a translation needs the whole body), a Content-Length body over
+        STREAM_MIN_BYTES, and no policy on the route that needs the body given these headers
+        (context_length without X-Context-Length, tmd without X-TMD-*). Retries, fallbacks and
+        mirrored copies replay the chunks held (bodies.StreamedBody), so they need no buffer of
+        their own; the memory budget is charged the same either way."""
+        raw = headers.get("content-length")
+        if raw is None or "transfer-encoding" in headers or route.protocol == PROTOCOL:
+            return 0
+        try:
+            length = int(raw)
+        except ValueError:
+            return 0
+        if length <= STREAM_MIN_BYTES or route.path not in self._one_protocol:
+            return 0
+        return 0 if route.policy.needs_body(headers) else length
+
     async def _proxy(
         self,
         route: Route,
         scope: Scope,
         headers: dict[str, str],
-        body: bytes,
+        body: bytes | StreamedBody,
         gateway_id: str,
         cid: str | None,
     ) -> tuple[int, bytes, bytes, str, Headers, bool]:
         """(status, body, content type, serving variant, end-to-end response headers, answer
         recorded for feedback)."""
         request_id = cid or gateway_id
+        oip = None
+        if route.protocol == PROTOCOL:
+            assert isinstance(body, bytes)  # v2 bodies are read whole (_streams)
+            oip = parse_request_head(body, headers.get(HEADER_LENGTH))
+            if route.inspect and PREDICTED not in oip.outputs:
+                raise BadRequestError(
+                    f"this route inspects predictions: outputs must include {PREDICTED}"
+                )
         weights = self.dataplane.weights
         view = RoutingView(
             weights=weights,
@@ -362,20 +444,35 @@ class GatewayApp:
             draw=self._random(),
             mirror_draw=self._random(),
         )
-        request = RequestInfo(headers, body)
+        request = RequestInfo(headers, b"" if isinstance(body, StreamedBody) else body, oip)
         decision = route.policy.decide(request, view)
         client = scope.get("client")
         inspected = route.inspect or decision.fanout  # a mixture reads its experts' answers
         peer = client[0] if client else None
         scheme = scope.get("scheme", "http")  # optional in ASGI
         forward = upstream_request_headers(headers, peer, scheme, request_id, inspected)
-        target = route.path + (
-            f"?{scope['query_string'].decode()}" if scope["query_string"] else ""
-        )
+        query = f"?{scope['query_string'].decode()}" if scope["query_string"] else ""
         record = route.inspect and self.tokens.ready and self.records.sampled(gateway_id)
         lane = request.lane() if route.inspect else None
+        lane_of = None
+        if route.inspect and isinstance(body, StreamedBody):
+            # The body's TMD code is known once its edges arrived: read then, not now.
+            lane_of = functools.partial(_edge_lane, headers, body)
         call = Call(
-            target, body, forward, gateway_id, lane, cid, record, scope["method"], route.retry
+            route.path + query,
+            body,
+            forward,
+            gateway_id,
+            lane,
+            cid,
+            record,
+            scope["method"],
+            route.protocol,
+            oip,
+            model_of(route.path) or "",
+            query,
+            lane_of=lane_of,
+            retry=route.retry,
         )
         if decision.diverted is not None:
             self.dispatch.divert(decision.diverted, call.lane)
@@ -415,7 +512,7 @@ class GatewayApp:
     # -- fixed endpoints ---------------------------------------------------------------------
 
     async def _fixed_endpoint(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
-        entry = self._fixed.get(path)
+        entry = self._fixed.get(path) or self._v2.get(path)
         if entry is None:
             status, body = _json(404, {
                 "error": "not_found",
@@ -510,6 +607,10 @@ class GatewayApp:
             "reasons": reasons,
         })  # fmt: skip
         return status, body, _JSON
+
+
+def _edge_lane(headers: dict[str, str], body: StreamedBody) -> str:
+    return RequestInfo(headers, body.edges(TMD_SCAN_BYTES)).lane()
 
 
 async def _respond(send: Send, status: int, body: bytes, ctype: bytes, extra: Headers) -> None:

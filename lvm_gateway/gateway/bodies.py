@@ -1,10 +1,18 @@
-"""Request bodies read into memory within two bounds: one per request, one for all at once.
+"""Request bodies within two bounds: one per request, one for all at once; read whole, or
+streamed to the upstream as they arrive.
 
 The per-request limit answers 413; a client that stops sending its body for `timeout_s` gets
 a 408. The shared budget bounds the gateway's memory however many
 large bodies arrive together: a body that would take the bytes buffered by all requests in
 flight past the budget is refused with a 503 (retry later), so six parallel 60 MiB uploads
 cost at most the budget, not 1 GiB of RSS.
+
+A streamed body (`stream`) has its Content-Length charged to the budget up front (413 and 503
+are answered before a byte is forwarded) and is pumped from the client by a task while upstream
+calls read it: each reader starts from the first chunk, so a retry on another endpoint, a
+fallback or a mirrored copy replays the chunks already held (kept by reference, never joined)
+and then follows the arrival. A stall of `timeout_s` (408) or a body that ends short fails
+every reader with that error.
 """
 
 from __future__ import annotations
@@ -52,6 +60,44 @@ class BodyBudget:
         finally:
             self.in_use -= held
 
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, receive: Receive, limit: int, length: int
+    ) -> AsyncIterator[StreamedBody]:
+        """A body of `length` bytes (the client's Content-Length), forwarded as it arrives."""
+        if length > limit:
+            raise BadRequestError(f"request body larger than {limit} bytes", status=413)
+        if self.in_use + length > self.budget_bytes:
+            raise BadRequestError(
+                f"gateway busy: request bodies in flight exceed its {self.budget_bytes}"
+                " byte buffer budget; retry shortly",
+                status=503,
+            )
+        self.in_use += length
+        body = StreamedBody(length)
+        pump = asyncio.create_task(self._pump(receive, body))
+        try:
+            yield body
+        finally:
+            self.in_use -= length
+            if not pump.done():  # answered before the client finished sending
+                pump.cancel()
+
+    async def _pump(self, receive: Receive, body: StreamedBody) -> None:
+        try:
+            while True:
+                message = await self._next(receive)
+                body.feed(message.get("body", b""))
+                if not message.get("more_body"):
+                    break
+            if body.received != body.length:
+                raise BadRequestError(
+                    f"request body ended after {body.received} of its {body.length} bytes"
+                )
+            body.finish()
+        except BadRequestError as exc:
+            body.fail(exc)
+
     async def _next(self, receive: Receive) -> dict[str, Any]:
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -60,3 +106,70 @@ class BodyBudget:
             raise BadRequestError(
                 f"request body not received: nothing arrived for {self.timeout_s:g} s", status=408
             ) from None
+
+
+class StreamedBody:
+    """A request body arriving from the client, readable from the start by any number of
+    upstream calls while it arrives (see the module docstring)."""
+
+    __slots__ = ("_changed", "_error", "chunks", "done", "length", "received")
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.chunks: list[bytes] = []
+        self.received = 0
+        self.done = False
+        self._error: BadRequestError | None = None
+        self._changed = asyncio.Event()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def feed(self, chunk: bytes) -> None:
+        if chunk:
+            self.chunks.append(chunk)
+            self.received += len(chunk)
+            self._wake()
+
+    def finish(self) -> None:
+        self.done = True
+        self._wake()
+
+    def fail(self, exc: BadRequestError) -> None:
+        self._error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        i = 0
+        while True:
+            while i < len(self.chunks):
+                yield self.chunks[i]
+                i += 1
+            if self._error is not None:
+                raise self._error
+            if self.done:
+                return
+            await self._changed.wait()
+
+    def edges(self, n: int) -> bytes:
+        """The first and last `n` bytes held (all of them when fewer), without a join of the
+        middle: where a JSON document's `tmd_codes` is found."""
+        if self.received <= 2 * n:
+            return b"".join(self.chunks)
+        return _take(self.chunks, n) + b" " + _take(self.chunks[::-1], n, tail=True)
+
+
+def _take(chunks: list[bytes], n: int, tail: bool = False) -> bytes:
+    """The first n bytes of `chunks` (with tail: the last n of the chunks given in reverse)."""
+    parts: list[bytes] = []
+    for chunk in chunks:
+        part = chunk[-n:] if tail else chunk[:n]
+        parts.append(part)
+        n -= len(part)
+        if n == 0:
+            break
+    return b"".join(parts[::-1] if tail else parts)

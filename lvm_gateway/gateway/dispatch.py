@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import orjson
 
 from lvm_gateway.config.spec import DEFAULT_RETRY, RetrySpec
+from lvm_gateway.contract.oip import LVM_PROTOCOL, PROTOCOL, RequestHead
 from lvm_gateway.contract.windows import DIVERTED, EMPTY, INVALID
 from lvm_gateway.errors import (
     CircuitOpenError,
@@ -22,11 +24,13 @@ from lvm_gateway.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
+from lvm_gateway.gateway.bodies import StreamedBody
 from lvm_gateway.gateway.circuit import Circuits
 from lvm_gateway.gateway.fusion import fuse
 from lvm_gateway.gateway.metrics import MetricsRecorder
 from lvm_gateway.gateway.records import PredictionRecords
-from lvm_gateway.gateway.signals import Prediction, inspect_answer
+from lvm_gateway.gateway.signals import Prediction, inspect_answer, inspect_oip_answer
+from lvm_gateway.gateway.translate import answer_header_length, client_answer, upstream_request
 from lvm_gateway.gateway.upstream import UpstreamPool, UpstreamResponse
 from lvm_gateway.policies.base import Decision
 
@@ -44,14 +48,26 @@ class Call:
     """One client request as every upstream call made for it sends it."""
 
     target: str  # path and query
-    body: bytes
+    body: bytes | StreamedBody  # streamed: forwarded as it arrives (gateway/bodies.py)
     headers: dict[str, str]  # forwarded headers, with X-Request-Id
     request_id: str  # the gateway's own id: the key of the prediction record
     lane: str | None  # None on routes that are not LVM inference routes: answers not inspected
     client_id: str | None = None  # the client's X-Request-Id, for tracing only
     record: bool = False  # keep the answers for feedback (sampled, and a token can be issued)
     method: str = "POST"  # as the client sent it
+    protocol: str = LVM_PROTOCOL  # what the client speaks
+    oip: RequestHead | None = None  # a v2 request's checked JSON object
+    model: str = ""  # the model a v2 client named
+    query: str = ""  # "?..." or empty
+    # The body in the other protocol and its content headers, made once for the first variant
+    # that needs it (shared with the call's fallback and mirrored copies).
+    translated: dict[str, tuple[bytes, dict[str, str]]] = field(default_factory=dict)
+    # A streamed body's lane, read off its edges once they arrived (lane is then a stand-in).
+    lane_of: Callable[[], str] | None = None
     retry: RetrySpec = DEFAULT_RETRY  # the route's retry policy
+
+    def lane_now(self) -> str | None:
+        return self.lane_of() if self.lane_of is not None else self.lane
 
 
 class Dispatcher:
@@ -73,7 +89,7 @@ class Dispatcher:
     def _observe(
         self, variant: str, call: Call, prediction: Prediction | None, served: bool
     ) -> None:
-        lane = call.lane
+        lane = call.lane_now()
         if prediction is None or lane is None:
             return
         if prediction.empty:
@@ -89,8 +105,9 @@ class Dispatcher:
 
     async def _answer(
         self, variant: str, call: Call, lane: str | None
-    ) -> tuple[UpstreamResponse, Prediction | None]:
-        """The variant's inspected answer, counted against its circuit and in its windows."""
+    ) -> tuple[UpstreamResponse, Prediction | None, str]:
+        """The variant's inspected answer and the protocol it speaks, counted against its
+        circuit and in its windows."""
         if self.circuits.is_open(variant):
             self.divert(variant, lane)
             exc: UpstreamError = CircuitOpenError(variant, "circuit open after repeated errors")
@@ -100,13 +117,19 @@ class Dispatcher:
         if client is None:  # a copy that outlived the reload that removed its variant
             raise UpstreamConnectError(variant, "no longer configured")
         self.inflight[variant] = self.inflight.get(variant, 0) + 1
+        protocol = client.spec.protocol
+        target, body, headers = upstream_request(call, client.spec)
         t0 = time.perf_counter()
         try:
-            resp = await client.request(
-                call.method, call.target, call.body, call.headers, call.retry
-            )
-            inspect = lane is not None and resp.status == 200
-            prediction = inspect_answer(resp.body, variant) if inspect else None
+            resp = await client.request(call.method, target, body, headers, call.retry)
+            lane = call.lane_now() or lane if lane is not None else None
+            prediction = None
+            if lane is not None and resp.status == 200:
+                prediction = (
+                    inspect_oip_answer(resp.body, answer_header_length(resp), variant)
+                    if protocol == PROTOCOL
+                    else inspect_answer(resp.body, variant)
+                )
         except UpstreamError as exc:
             elapsed = time.perf_counter() - t0
             self.circuits.record(variant, True)
@@ -122,17 +145,19 @@ class Dispatcher:
         self.circuits.record(variant, False)
         self.metrics.upstream(variant, elapsed)
         self.windows.record_request(variant, elapsed, False, lane)
-        return resp, prediction
+        return resp, prediction, protocol
 
     async def serve(self, decision: Decision, call: Call, served: bool) -> UpstreamResponse:
-        """Carry out a policy's decision (one variant, or a mixture's fan-out); UpstreamError,
-        after counting it, when there is no answer to give. `served`: the user sees it."""
+        """Carry out a policy's decision (one variant, or a mixture's fan-out): the answer in
+        the client's protocol; UpstreamError, after counting it, when there is no answer to
+        give. `served`: the user sees it."""
         if decision.fanout:
             self.metrics.masked(decision.variant, decision.masked)
-            return await self._mixture(decision, call, served)
-        resp, prediction = await self._answer(decision.variant, call, call.lane)
+            resp = await self._mixture(decision, call, served)
+            return client_answer(call, resp, LVM_PROTOCOL, decision.variant)
+        resp, prediction, protocol = await self._answer(decision.variant, call, call.lane)
         self._observe(decision.variant, call, prediction, served)
-        return resp
+        return client_answer(call, resp, protocol, decision.variant)
 
     async def _mixture(self, decision: Decision, call: Call, served: bool) -> UpstreamResponse:
         """Fan out to the chosen experts at once; fuse the answers that arrive by the deadline.
@@ -159,16 +184,16 @@ class Dispatcher:
                 reason = "deadline" if isinstance(result, TimeoutError) else "error"
                 self.metrics.expert(name, expert, reason)
                 continue
-            _, prediction = result
+            _, prediction, _ = result
             if prediction is not None:
                 answered.append((expert, weight, prediction))
                 self.metrics.expert(name, expert, "answered")
         elapsed = time.perf_counter() - t0
         if not answered:
-            self.windows.record_request(name, elapsed, True, call.lane)
+            self.windows.record_request(name, elapsed, True, call.lane_now())
             self.metrics.upstream_error(name, "no_expert")
             raise UpstreamTimeoutError(name, f"none of {len(experts)} experts answered in time")
         doc, fused = fuse(answered)
-        self.windows.record_request(name, elapsed, False, call.lane)
+        self.windows.record_request(name, elapsed, False, call.lane_now())
         self._observe(name, call, fused, served)
         return UpstreamResponse(200, orjson.dumps(doc), "application/json")

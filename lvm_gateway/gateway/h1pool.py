@@ -22,6 +22,15 @@ only when its last exchange ended exactly at a message boundary:
 
 Bodies are passed through as received (Content-Encoding untouched); trailers of a chunked body
 are read and dropped (the gateway answers with a Content-Length body).
+
+A request body is written with its head in one write when small; a large one follows the head
+in a second write of the same object (no join: a 4.4 MB join cost ~2 ms). A streamed body
+(gateway/bodies.py StreamedBody) is written chunk by chunk as the client's bytes arrive, pausing
+while the socket's buffer is full (pause_writing/resume_writing); `progress` tells the caller
+when the wait is the client's (its next chunk) and when the upstream's, so a variant's timeout
+counts only the time the upstream keeps the gateway waiting, not a slow upload. An answer that
+arrives before the body is all sent ends the sending, and the connection is not reused (the
+upstream has not read the rest).
 """
 
 from __future__ import annotations
@@ -30,15 +39,20 @@ import asyncio
 import socket
 import ssl
 from collections import deque
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import httptools
+
+from lvm_gateway.gateway.bodies import StreamedBody
 
 Headers = list[tuple[bytes, bytes]]
 Response = tuple[int, Headers, bytes]  # status, response headers as received, body
 
 # Methods whose requests carry a Content-Length even when empty (RFC 9110 8.6).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_JOIN_MAX = 64 * 1024  # larger bodies are written after the head instead of joined to it
+_HIGH_WATER = 1024 * 1024  # a streamed body waits while more than this is unsent
 
 
 class ConnectionLostError(ConnectionError):
@@ -57,6 +71,7 @@ class BadResponseError(ConnectionError):
 class _Conn(asyncio.Protocol):
     __slots__ = (
         "_body",
+        "_drain",
         "_head",
         "_headers",
         "_in_head",
@@ -81,6 +96,7 @@ class _Conn(asyncio.Protocol):
         self._head = False  # the request is a HEAD: the answer ends with its head
         self._in_head = False  # between message begin and headers complete (not trailers)
         self._received = False
+        self._drain: asyncio.Future[None] | None = None  # set while the transport is paused
         self.closed = False
         self.keep_alive = True
 
@@ -105,8 +121,17 @@ class _Conn(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost decides whether a body just ended
 
+    def pause_writing(self) -> None:
+        self._drain = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.resume_writing()
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
@@ -174,7 +199,12 @@ class _Conn(asyncio.Protocol):
             waiter.set_exception(exc)
 
     def send(
-        self, data: bytes, head: bool, limit: int, loop: asyncio.AbstractEventLoop
+        self,
+        data: bytes,
+        head: bool,
+        limit: int,
+        loop: asyncio.AbstractEventLoop,
+        body: bytes = b"",
     ) -> asyncio.Future[Response]:
         self._waiter = waiter = loop.create_future()
         self._head = head
@@ -183,7 +213,44 @@ class _Conn(asyncio.Protocol):
         self._received = False
         assert self.transport is not None
         self.transport.write(data)
+        if body:
+            self.transport.write(body)
         return waiter
+
+    async def stream(
+        self,
+        body: StreamedBody,
+        waiter: asyncio.Future[Response],
+        progress: Callable[[bool], None] | None,
+    ) -> Response:
+        """Write `body` as it arrives after the head `send` wrote; the answer. `progress(True)`
+        when the upstream is what we wait for (a write, a full socket buffer, the answer),
+        `progress(False)` while we wait for the client's next chunk."""
+        assert self.transport is not None
+        self.transport.set_write_buffer_limits(high=_HIGH_WATER)
+        chunks = aiter(body)
+        try:
+            while True:
+                if progress is not None:
+                    progress(False)
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                if progress is not None:
+                    progress(True)
+                if waiter.done() or self.closed:
+                    self.keep_alive = False  # answered early: the rest was never read
+                    break
+                self.transport.write(chunk)
+                if self._drain is not None:
+                    await self._drain
+        except BaseException:
+            self.close()  # the client's body failed (or we were cancelled) mid-request
+            raise
+        if progress is not None:
+            progress(True)
+        return await waiter
 
     def close(self) -> None:
         self.closed = True
@@ -266,7 +333,13 @@ class EndpointPool:
                 return
 
     async def request(
-        self, method: str, target: str, body: bytes, headers: dict[str, str], limit: int
+        self,
+        method: str,
+        target: str,
+        body: bytes | StreamedBody,
+        headers: dict[str, str],
+        limit: int,
+        progress: Callable[[bool], None] | None = None,
     ) -> Response:
         """Send one request; (status, headers, body) of its final response, body at most `limit`
         bytes. Raises the OSError family: ConnectionLostError, BadResponseError, connect errors.
@@ -282,23 +355,39 @@ class EndpointPool:
         for k, v in headers.items():
             head.append(f"{k}: {v}\r\n".encode("latin-1"))
         head.append(b"\r\n")
-        head.append(body)
+        rest = b""
+        if isinstance(body, bytes) and len(body) <= _JOIN_MAX:
+            head.append(body)
+        elif isinstance(body, bytes):
+            rest = body
         data = b"".join(head)
         is_head = method == "HEAD"
         conn, reused = await self._acquire(loop, fresh=False)
         try:
-            try:
-                return await conn.send(data, is_head, limit, loop)
-            finally:
-                self._release(conn)
+            return await self._exchange(conn, data, is_head, limit, rest, body, progress)
         except ConnectionLostError as exc:
             if not reused or exc.received:
                 raise
         # The server closed this idle connection as the request went out: nothing of an answer
         # came back, so send it again, once, on a new connection.
         conn, _ = await self._acquire(loop, fresh=True)
+        return await self._exchange(conn, data, is_head, limit, rest, body, progress)
+
+    async def _exchange(
+        self,
+        conn: _Conn,
+        data: bytes,
+        is_head: bool,
+        limit: int,
+        rest: bytes,
+        body: bytes | StreamedBody,
+        progress: Callable[[bool], None] | None,
+    ) -> Response:
         try:
-            return await conn.send(data, is_head, limit, loop)
+            waiter = conn.send(data, is_head, limit, asyncio.get_running_loop(), rest)
+            if isinstance(body, StreamedBody):
+                return await conn.stream(body, waiter, progress)
+            return await waiter
         finally:
             self._release(conn)
 

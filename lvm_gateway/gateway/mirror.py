@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from lvm_gateway.errors import UpstreamError
+from lvm_gateway.errors import BadRequestError, UpstreamError
 from lvm_gateway.gateway.dispatch import Call, Dispatcher
 from lvm_gateway.gateway.metrics import MetricsRecorder
 from lvm_gateway.policies.base import Decision
@@ -34,7 +34,7 @@ class Mirror:
     async def _send(self, decision: Decision, call: Call) -> None:
         try:
             await self.dispatch.serve(decision, call, served=False)
-        except UpstreamError:
+        except (UpstreamError, BadRequestError):  # a body the copy's protocol cannot carry
             self.metrics.mirror(decision.variant, "failed")
             return
         self.metrics.mirror(decision.variant, "sent")

@@ -13,6 +13,7 @@ import numpy as np
 import orjson
 
 from lvm_gateway.contract.lvm import DIM, is_empty_hit
+from lvm_gateway.contract.oip import decode_answer
 from lvm_gateway.errors import InvalidPredictionError
 
 
@@ -63,3 +64,17 @@ def inspect_answer(body: bytes, variant: str) -> Prediction:
     ]
     best = max((s for _, s in pairs), default=None)
     return Prediction(vec, tuple(i for i, _ in pairs), best, tuple(pairs))
+
+
+def inspect_oip_answer(body: bytes, header_length: str | None, variant: str) -> Prediction:
+    """Validate a v2 answer (JSON or binary outputs) by the same rules as an LVM JSON one."""
+    try:
+        answer = decode_answer(body, header_length)
+    except ValueError as exc:
+        raise InvalidPredictionError(variant, str(exc)) from exc
+    if not np.isfinite(answer.predicted).all():
+        raise InvalidPredictionError(variant, "predicted_vector holds NaN or Inf")
+    scores = answer.neighbor_scores.tolist()
+    pairs = tuple(zip(answer.neighbor_ids, scores, strict=True))
+    best = max(scores, default=None)
+    return Prediction(answer.predicted.tolist(), answer.neighbor_ids, best, pairs)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from lvm_gateway.errors import (
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
+from lvm_gateway.gateway.bodies import StreamedBody
 from lvm_gateway.gateway.h1pool import BadResponseError, EndpointPool
 from lvm_gateway.gateway.headers import end_to_end
 
@@ -176,7 +177,7 @@ class VariantClient:
         self,
         method: str,
         target: str,
-        body: bytes,
+        body: bytes | StreamedBody,
         headers: dict[str, str],
         retry: RetrySpec = DEFAULT_RETRY,
     ) -> UpstreamResponse:
@@ -192,9 +193,11 @@ class VariantClient:
         while True:
             ep = endpoints[idx]
             try:
-                async with asyncio.timeout(self.timeout_s):
+                async with asyncio.timeout(self.timeout_s) as deadline:
+                    streamed = isinstance(body, StreamedBody)
+                    progress = self._progress(deadline, loop) if streamed else None
                     status, raw, data = await ep.pool.request(
-                        method, target, body, headers, self.max_bytes
+                        method, target, body, headers, self.max_bytes, progress
                     )
             except TimeoutError as exc:
                 err: UpstreamError = UpstreamTimeoutError(
@@ -221,6 +224,16 @@ class VariantClient:
             if idx < 0 or not self.budget.withdraw(now):
                 raise err
             tries += 1
+
+    def _progress(
+        self, deadline: asyncio.Timeout, loop: asyncio.AbstractEventLoop
+    ) -> Callable[[bool], None]:
+        """For a streamed body: the timeout runs only while the upstream is awaited."""
+
+        def progress(upstream: bool) -> None:
+            deadline.reschedule(loop.time() + self.timeout_s if upstream else None)
+
+        return progress
 
     def _retry_target(self, idx: int, first: int, now: float) -> int:
         """The next endpoint after `idx` not ejected and not yet tried (tries go round from

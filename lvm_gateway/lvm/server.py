@@ -28,6 +28,7 @@ import uvloop
 from aiohttp import web
 
 from lvm_gateway import termout
+from lvm_gateway.contract import oip
 from lvm_gateway.contract.lvm import DIM, N_LANES, N_MODIFIERS, N_TASKS
 from lvm_gateway.errors import BadRequestError, LvmGatewayError
 from lvm_gateway.lvm.predictor import DEFAULT_DEGRADE_FACTOR, PROFILES, Predictor, analytic
@@ -37,6 +38,7 @@ _TMD_LIMITS = (N_LANES, N_TASKS, N_MODIFIERS)
 Closer = Callable[[], Any]
 _N_NEIGHBORS = 10
 DEFAULT_MAX_BATCH = 16
+DEFAULT_MODEL = "lvm"  # the v2 model name: POST /v2/models/lvm/infer
 
 
 def parse_infer_request(body: bytes) -> tuple[np.ndarray, tuple[int, int, int] | None]:
@@ -59,16 +61,30 @@ def parse_infer_request(body: bytes) -> tuple[np.ndarray, tuple[int, int, int] |
     arr = np.asarray(ctx)
     if arr.dtype.kind not in "fiu":
         raise BadRequestError("context_vectors must contain only numbers")
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        row = int(np.argwhere(~np.isfinite(arr))[0, 0])
-        raise BadRequestError(f"context_vectors[{row}] has a non-finite number (NaN/Inf/overflow)")
+    arr = _finite(arr.astype(np.float32))
     temperature = doc.get("temperature", 0.0)
     if isinstance(temperature, bool) or not isinstance(temperature, int | float) or temperature < 0:
         raise BadRequestError("temperature must be a number >= 0")
     if not isinstance(doc.get("normalize", True), bool):
         raise BadRequestError("normalize must be true or false")
     return arr, _parse_tmd(doc.get("tmd_codes"))
+
+
+def _finite(arr: np.ndarray) -> np.ndarray:
+    if not np.isfinite(arr).all():
+        row = int(np.argwhere(~np.isfinite(arr))[0, 0])
+        raise BadRequestError(f"context_vectors[{row}] has a non-finite number (NaN/Inf/overflow)")
+    return arr
+
+
+def parse_v2_request(
+    body: bytes, header_length: str | None
+) -> tuple[oip.RequestHead, np.ndarray, tuple[int, int, int] | None]:
+    """Validate a v2 infer request: its checked head, the (n, 768) context, the TMD code."""
+    head = oip.parse_request_head(body, header_length)
+    context = _finite(oip.request_context(head, body))
+    tmd = oip.request_tmd(head, body)
+    return head, context, None if tmd is None else _parse_tmd(list(tmd))
 
 
 def _parse_tmd(raw: Any) -> tuple[int, int, int] | None:
@@ -105,7 +121,8 @@ class Faults:
         return None
 
 
-_ERROR_BODY = orjson.dumps({"error": "injected fault (--error-rate)"})
+_ERROR_MESSAGE = "injected fault (--error-rate)"
+_ERROR_BODY = orjson.dumps({"error": _ERROR_MESSAGE})
 
 
 def _nan_body(payload: dict[str, Any]) -> bytes:
@@ -229,20 +246,59 @@ class InferService:
         self.batcher = batcher
 
     async def infer(self, body: bytes) -> tuple[int, bytes]:
+        """The LVM JSON protocol: (status, answer body)."""
         t0 = time.perf_counter()
         try:
             context, tmd = parse_infer_request(body)
         except BadRequestError as exc:
             return exc.status, orjson.dumps({"error": str(exc)})
+        status, payload, fault = await self._predict(context, tmd, t0)
+        if status != 200:
+            return status, orjson.dumps({"error": payload})
+        if fault == "nan":
+            return 200, _nan_body(payload)
+        return 200, orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    async def infer_v2(
+        self, model: str, body: bytes, header_length: str | None
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """The Open Inference Protocol: (status, answer body, content headers)."""
+        t0 = time.perf_counter()
+        try:
+            head, context, tmd = parse_v2_request(body, header_length)
+        except BadRequestError as exc:
+            return exc.status, oip.error_body(str(exc)), {"content-type": oip.JSON_TYPE}
+        status, payload, fault = await self._predict(context, tmd, t0)
+        if status != 200:
+            return status, oip.error_body(payload), {"content-type": oip.JSON_TYPE}
+        vec = payload["predicted_vector"]
+        if fault == "nan":
+            vec = vec.copy()
+            vec[0] = math.nan
+        neighbors = payload["neighbors"]
+        answer = oip.Answer(
+            vec,
+            tuple(n["id"] for n in neighbors),
+            np.asarray([n["score"] for n in neighbors], dtype=np.float32),
+            model,
+            head.id,
+            {k: payload[k] for k in ("confidence", "latency_ms", "model_type")},
+        )
+        return 200, *oip.encode_answer(answer, head.outputs, head.binary_outputs)
+
+    async def _predict(
+        self, context: np.ndarray, tmd: tuple[int, int, int] | None, t0: float
+    ) -> tuple[int, Any, str | None]:
+        """(200, the answer's fields, the fault to inject) or (status, error message, None)."""
         fault = self.faults.draw()
         if fault == "error":
             await self._pad(t0)
-            return 500, _ERROR_BODY
+            return 500, _ERROR_MESSAGE, None
         if self.batcher is not None:
             try:
                 vec = np.asarray(await self.batcher.predict(context), dtype=np.float32)
             except Exception as exc:  # the model failed this request's batch
-                return 500, orjson.dumps({"error": f"model failed: {exc}"})
+                return 500, f"model failed: {exc}", None
         else:
             vec = np.asarray(self.predictor.predict(context, tmd), dtype=np.float32)
         neighbors = self.world.neighbors(vec, _N_NEIGHBORS)
@@ -254,9 +310,7 @@ class InferService:
             "model_type": self.predictor.model_type,
             "neighbors": [{"id": cid, "score": score} for cid, score in neighbors],
         }
-        if fault == "nan":
-            return 200, _nan_body(payload)
-        return 200, orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+        return 200, payload, fault
 
     async def _pad(self, t0: float) -> None:
         """Simulate the model's latency: an answer takes at least `latency_ms` in all."""
@@ -265,8 +319,13 @@ class InferService:
             await asyncio.sleep(remaining)
 
 
-def build_app(service: InferService) -> web.Application:
+def build_app(service: InferService, model: str = DEFAULT_MODEL) -> web.Application:
+    """`/infer` (LVM JSON) and the Open Inference Protocol's REST endpoints for `model`."""
     health = orjson.dumps({"status": "ok", "model_type": service.predictor.model_type})
+    metadata = orjson.dumps(oip.model_metadata(model, f"lvm-serve/{service.predictor.model_type}"))
+    server = orjson.dumps(
+        {"name": "lvm-serve", "version": "1", "extensions": ["binary_tensor_data"]}
+    )
 
     async def infer(request: web.Request) -> web.Response:
         status, body = await service.infer(await request.read())
@@ -275,9 +334,42 @@ def build_app(service: InferService) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(body=health, content_type="application/json")
 
+    def unknown(name: str) -> web.Response:
+        body = oip.error_body(f"unknown model {name!r}; this server serves {model!r}")
+        return web.Response(status=404, body=body, content_type="application/json")
+
+    async def infer_v2(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name != model:
+            return unknown(name)
+        body = await request.read()
+        status, answer, headers = await service.infer_v2(
+            name, body, request.headers.get(oip.HEADER_LENGTH)
+        )
+        return web.Response(status=status, body=answer, headers=headers)
+
+    async def model_metadata(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name != model:
+            return unknown(name)
+        return web.Response(body=metadata, content_type="application/json")
+
+    async def ready(request: web.Request) -> web.Response:
+        name = request.match_info.get("name", model)
+        return web.Response(status=200 if name == model else 404)
+
+    async def server_metadata(_: web.Request) -> web.Response:
+        return web.Response(body=server, content_type="application/json")
+
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/infer", infer)
     app.router.add_get("/health", healthz)
+    app.router.add_post("/v2/models/{name}/infer", infer_v2)
+    app.router.add_get("/v2/models/{name}", model_metadata)
+    app.router.add_get("/v2/models/{name}/ready", ready)
+    app.router.add_get(oip.HEALTH_READY_PATH, ready)
+    app.router.add_get(oip.HEALTH_LIVE_PATH, ready)
+    app.router.add_get("/v2", server_metadata)
     return app
 
 
@@ -291,9 +383,13 @@ def _http(status: int, body: bytes, keep_alive: bool = True) -> bytes:
 class StubResponses:
     """Every wire response the stub can give, encoded once at start-up."""
 
-    def __init__(self, world: World, faults: Faults, latency_ms: float) -> None:
-        vec = np.zeros(DIM, dtype=np.float32)
-        vec[0] = 1.0  # a unit vector that encodes in a few KB
+    def __init__(self, world: World, faults: Faults, latency_ms: float, dense: bool) -> None:
+        if dense:  # a unit vector of 768 non-zero floats: a real model's ~9 KB answer
+            vec = np.random.default_rng(1).standard_normal(DIM).astype(np.float32)
+            vec /= np.linalg.norm(vec)
+        else:
+            vec = np.zeros(DIM, dtype=np.float32)
+            vec[0] = 1.0  # a unit vector that encodes in a few KB
         payload = {
             "predicted_vector": vec,
             "confidence": 1.0,
@@ -390,6 +486,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--degrade-factor", type=float, default=DEFAULT_DEGRADE_FACTOR)
     p.add_argument("--seed", type=int, default=0, help="the synthetic world's seed")
     p.add_argument(
+        "--model-name", default=DEFAULT_MODEL, help="the model's name in /v2/models/{name}"
+    )
+    p.add_argument(
         "--max-batch",
         type=int,
         default=DEFAULT_MAX_BATCH,
@@ -402,6 +501,9 @@ def _parser() -> argparse.ArgumentParser:
         help="--checkpoint: longest a request waits for others to batch with",
     )
     p.add_argument("--threads", type=int, default=1, help="--checkpoint: torch intra-op threads")
+    p.add_argument(
+        "--dense", action="store_true", help="stub: a dense ~9 KB answer, as a real model's"
+    )
     return p
 
 
@@ -413,6 +515,8 @@ def _check(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
         p.error("--error-rate plus --nan-rate must not exceed 1")
     if args.latency_ms is not None and args.latency_ms < 0:
         p.error("--latency-ms must be >= 0")
+    if args.dense and args.profile != "stub":
+        p.error("--dense is for --profile stub")
     if args.profile == "stub" and (args.checkpoint or args.degrade_lane):
         p.error("--profile stub takes no --checkpoint or --degrade-lane")
     if args.checkpoint and args.degrade_lane:
@@ -438,7 +542,7 @@ async def _listen(args: argparse.Namespace, world: World) -> tuple[str, int, Clo
         latency = profile.latency_ms if profile else 0.0
     faults = Faults(args.error_rate, args.nan_rate, args.seed)
     if profile is None:
-        responses = StubResponses(world, faults, latency)
+        responses = StubResponses(world, faults, latency, args.dense)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: StubProtocol(responses), args.host, args.port, backlog=1024
@@ -459,7 +563,7 @@ async def _listen(args: argparse.Namespace, world: World) -> tuple[str, int, Clo
         degrade = {lane: args.degrade_factor for lane in args.degrade_lane}
         predictor = analytic(profile.name, world, degrade)
     service = InferService(predictor, world, faults, latency, batcher)
-    runner = web.AppRunner(build_app(service))
+    runner = web.AppRunner(build_app(service, args.model_name))
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port, backlog=1024).start()
 

@@ -30,6 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lvm_gateway import termout
+from lvm_gateway.contract import oip
 from lvm_gateway.contract.lvm import DIM, HIT_THRESHOLDS, N_LANES, cosine_hits, id_hits
 from lvm_gateway.errors import TrafficError
 from lvm_gateway.lvm.predictor import CALIBRATION_CONTEXT
@@ -46,6 +47,7 @@ class TrafficConfig:
     duration: float = 10.0
     users: int = 100
     path: str = "/infer"
+    protocol: Literal["lvm-json", "oip-v2"] = "lvm-json"  # oip-v2: binary tensors both ways
     context: int = CALIBRATION_CONTEXT
     feedback_rate: float = 0.0
     feedback_mode: Literal["vector", "id"] = "vector"
@@ -74,6 +76,7 @@ class TrafficConfig:
             (self.concurrency >= 1, "concurrency must be >= 1"),
             (self.timeout_s > 0, "timeout must be > 0"),
             (self.path.startswith("/"), f"path must start with '/', got {self.path!r}"),
+            (self.protocol in oip.PROTOCOLS, f"protocol must be one of {oip.PROTOCOLS}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -175,6 +178,13 @@ class _Encoder:
         tmd = orjson.dumps([int(x) for x in self.world.tmd[int(context[-1])]])
         return b'{"context_vectors":[' + vectors + b'],"tmd_codes":' + tmd + b"}"
 
+    def infer_v2(self, context: np.ndarray) -> tuple[bytes, dict[str, str]]:
+        """A binary v2 request asking for binary outputs, and its content headers."""
+        tmd = self.world.tmd[int(context[-1])]
+        return oip.encode_request(
+            self.world.vectors[context], (int(tmd[0]), int(tmd[1]), int(tmd[2]))
+        )
+
 
 class _Runner:
     def __init__(self, cfg: TrafficConfig, session: aiohttp.ClientSession) -> None:
@@ -189,15 +199,16 @@ class _Runner:
 
     async def one(self, user: int) -> None:
         context, truth, lane = self.users.step(user)
-        headers = {
-            "Content-Type": "application/json",
-            "X-User-Id": f"user-{user:05d}",
-            "X-TMD-Lane": str(lane),
-        }
+        headers = {"X-User-Id": f"user-{user:05d}", "X-TMD-Lane": str(lane)}
+        if self.cfg.protocol == oip.PROTOCOL:
+            data, content = self.encoder.infer_v2(context)
+        else:
+            data, content = self.encoder.infer(context), {"Content-Type": "application/json"}
+        headers.update(content)
         t0 = time.perf_counter()
         try:
             async with self.session.post(
-                self.base + self.cfg.path, data=self.encoder.infer(context), headers=headers
+                self.base + self.cfg.path, data=data, headers=headers
             ) as resp:
                 body = await resp.read()
         except TimeoutError:
@@ -212,16 +223,12 @@ class _Runner:
         if resp.status != 200:
             stats.errors[str(resp.status)] += 1
             return
-        try:
-            answer = orjson.loads(body)
-            predicted = np.asarray(answer["predicted_vector"], dtype=np.float32)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            predicted = None
-        if predicted is None or predicted.shape != (DIM,) or not np.isfinite(predicted).all():
+        answer = self._answer(body, resp.headers.get(oip.HEADER_LENGTH))
+        if answer is None or not np.isfinite(answer[0]).all():
             stats.errors["bad answer"] += 1
             return
         stats.ok += 1
-        self._score(stats, answer, predicted, truth)
+        self._score(stats, *answer, truth)
         # Only answers the gateway recorded (sampled) carry a token; the others have no record.
         request_id = resp.headers.get("X-Request-Id")
         token = resp.headers.get("X-Feedback-Token")
@@ -233,9 +240,30 @@ class _Runner:
         stats.requests += 1
         stats.errors[kind] += 1
 
-    def _score(self, stats: VariantStats, answer: dict, predicted: np.ndarray, truth: int) -> None:
+    def _answer(
+        self, body: bytes, header_length: str | None
+    ) -> tuple[np.ndarray, list[str]] | None:
+        """(predicted vector, neighbour ids) of an answer in the configured protocol."""
+        if self.cfg.protocol == oip.PROTOCOL:
+            try:
+                v2 = oip.decode_answer(body, header_length)
+            except ValueError:
+                return None
+            return v2.predicted, list(v2.neighbor_ids)
+        try:
+            doc = orjson.loads(body)
+            predicted = np.asarray(doc["predicted_vector"], dtype=np.float32)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+        if predicted.shape != (DIM,):
+            return None
+        neighbors = doc.get("neighbors") or []
+        return predicted, [n.get("id") for n in neighbors if isinstance(n, dict)]
+
+    def _score(
+        self, stats: VariantStats, predicted: np.ndarray, ids: list[str], truth: int
+    ) -> None:
         if self.cfg.feedback_mode == "id":
-            ids = [n.get("id") for n in answer.get("neighbors") or [] if isinstance(n, dict)]
             hits = id_hits(self.world.ids[truth], ids)
         else:
             hits = cosine_hits(predicted, self.world.vectors[truth])
@@ -370,7 +398,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rps", type=float, default=50.0)
     p.add_argument("--duration", type=float, default=10.0, help="seconds")
     p.add_argument("--users", type=int, default=100)
-    p.add_argument("--path", default="/infer")
+    p.add_argument("--path", help="default: /infer, or /v2/models/lvm/infer for oip-v2")
+    p.add_argument(
+        "--protocol",
+        choices=oip.PROTOCOLS,
+        default=oip.LVM_PROTOCOL,
+        help="oip-v2: the Open Inference Protocol with binary tensors",
+    )
     p.add_argument("--context", type=int, default=CALIBRATION_CONTEXT, help="vectors per request")
     p.add_argument("--feedback-rate", type=float, default=0.0, help="share of answers rated")
     p.add_argument("--feedback-mode", choices=["vector", "id"], default="vector")
@@ -392,7 +426,9 @@ def main(argv: list[str] | None = None) -> None:
             rps=args.rps,
             duration=args.duration,
             users=args.users,
-            path=args.path,
+            path=args.path
+            or (oip.infer_path("lvm") if args.protocol == oip.PROTOCOL else oip.LVM_PATH),
+            protocol=args.protocol,
             context=args.context,
             feedback_rate=args.feedback_rate,
             feedback_mode=args.feedback_mode,

@@ -22,18 +22,27 @@ from lvm_gateway.contract.lvm import (
     tmd_from_body,
     tmd_from_headers,
 )
+from lvm_gateway.contract.oip import RequestHead, request_tmd
 from lvm_gateway.contract.strict import StrictModel
 from lvm_gateway.errors import BadRequestError, UnknownPluginError
 
+CONTEXT_LENGTH_HEADER = "x-context-length"
+
 
 class RequestInfo:
-    """What a policy may read of a request. The body is parsed at most once, on demand."""
+    """What a policy may read of a request. The body is parsed at most once, on demand.
 
-    __slots__ = ("_json", "_parsed", "body", "headers")
+    A v2 (Open Inference Protocol) request comes with its checked JSON object (`oip`): the
+    context length is its shape, the TMD code its `tmd_codes` tensor."""
 
-    def __init__(self, headers: Mapping[str, str], body: bytes) -> None:
+    __slots__ = ("_json", "_parsed", "body", "headers", "oip")
+
+    def __init__(
+        self, headers: Mapping[str, str], body: bytes, oip: RequestHead | None = None
+    ) -> None:
         self.headers = headers  # lower-case names
         self.body = body
+        self.oip = oip
         self._json: Any = None
         self._parsed = False
 
@@ -47,12 +56,14 @@ class RequestInfo:
         return self._json
 
     def context_length(self) -> int:
-        raw = self.headers.get("x-context-length")
+        raw = self.headers.get(CONTEXT_LENGTH_HEADER)
         if raw is not None:
             try:
                 return int(raw)
             except ValueError as exc:
                 raise BadRequestError(f"X-Context-Length must be an integer, got {raw!r}") from exc
+        if self.oip is not None:
+            return self.oip.context_length
         body = self.json()
         ctx = body.get("context_vectors") if isinstance(body, dict) else None
         if not isinstance(ctx, list):
@@ -62,7 +73,11 @@ class RequestInfo:
     def tmd_codes(self) -> Tmd | None:
         """(domain, task, modifier) from X-TMD-* headers, else the body's tmd_codes, else None."""
         codes = tmd_from_headers(self.headers)
-        return codes if codes is not None else tmd_from_body(self.json())
+        if codes is not None:
+            return codes
+        if self.oip is not None:
+            return request_tmd(self.oip, self.body)
+        return tmd_from_body(self.json())
 
     def lane(self) -> str:
         """The request's lane for metrics, gates and records: the domain of `tmd_codes()`, found
@@ -71,13 +86,16 @@ class RequestInfo:
         code answers it 400)."""
         try:
             codes = tmd_from_headers(self.headers)
-            if codes is None and self._parsed:
-                codes = tmd_from_body(self._json)
+            if codes is None:
+                if self.oip is not None:
+                    codes = request_tmd(self.oip, self.body)
+                elif self._parsed:
+                    codes = tmd_from_body(self._json)
+                else:
+                    return lane_name(domain_in_body(self.body))
         except BadRequestError:
             return NO_LANE
-        if codes is not None:
-            return lane_name(codes[0])
-        return lane_name(domain_in_body(self.body))
+        return lane_name(codes[0] if codes is not None else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +129,11 @@ class Policy(Protocol):
 
     def leaves(self) -> frozenset[str]:
         """Every variant this subtree can send to (reference checks, warm-up)."""
+        ...
+
+    def needs_body(self, headers: Mapping[str, str]) -> bool:
+        """Whether deciding a request with these headers may read its body: when no node does,
+        the gateway streams the body to the upstream as it arrives instead of buffering it."""
         ...
 
 
@@ -185,3 +208,6 @@ class Leaf:
 
     def leaves(self) -> frozenset[str]:
         return frozenset({self.variant})
+
+    def needs_body(self, headers: Mapping[str, str]) -> bool:
+        return False

@@ -11,6 +11,7 @@ against the canary).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Annotated
 
@@ -113,6 +114,9 @@ class Canary:
     def leaves(self) -> frozenset[str]:
         extra = {self.mirror} if self.mirror else set()
         return self.stable.leaves() | self.canary.leaves() | extra
+
+    def needs_body(self, headers: Mapping[str, str]) -> bool:
+        return self.stable.needs_body(headers) or self.canary.needs_body(headers)
 
 
 def _build(p: CanaryParams, ctx: BuildContext, path: str) -> Canary:

@@ -7,12 +7,14 @@ body is parsed only when it must be.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pydantic import Field
 
 from lvm_gateway.contract.strict import StrictModel
 from lvm_gateway.policies.base import (
+    CONTEXT_LENGTH_HEADER,
     BuildContext,
     Decision,
     Policy,
@@ -42,6 +44,14 @@ class ContextLength:
 
     def leaves(self) -> frozenset[str]:
         return self.short.leaves() | self.long.leaves()
+
+    def needs_body(self, headers: Mapping[str, str]) -> bool:
+        # The count is in X-Context-Length when the client sends it, else in the body.
+        return (
+            CONTEXT_LENGTH_HEADER not in headers
+            or self.short.needs_body(headers)
+            or self.long.needs_body(headers)
+        )
 
 
 def _build(p: ContextLengthParams, ctx: BuildContext, path: str) -> ContextLength:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pydantic import Field
@@ -77,6 +78,9 @@ class HeaderOverride:
 
     def leaves(self) -> frozenset[str]:
         return self.default.leaves() | self.allow
+
+    def needs_body(self, headers: Mapping[str, str]) -> bool:
+        return not headers.get(self.header) and self.default.needs_body(headers)
 
 
 def _build(p: HeaderParams, ctx: BuildContext, path: str) -> HeaderOverride:

@@ -11,11 +11,13 @@ lane i to expert i. Fan-out and fusion are the transport's job (gateway/dispatch
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pydantic import Field, field_validator
 
 from lvm_gateway.contract.gate import N_EXPERTS, GateRuntime, default_gate_state
+from lvm_gateway.contract.lvm import tmd_from_headers
 from lvm_gateway.contract.strict import Seq, StrictModel
 from lvm_gateway.errors import BadRequestError, CheckpointError, ConfigError
 from lvm_gateway.policies.base import (
@@ -81,6 +83,10 @@ class Tmd:
 
     def leaves(self) -> frozenset[str]:
         return frozenset(self.experts)
+
+    def needs_body(self, headers: Mapping[str, str]) -> bool:
+        # The code is in X-TMD-* headers when the client sends them, else in the body.
+        return tmd_from_headers(headers) is None
 
 
 def _build(p: TmdParams, ctx: BuildContext, path: str) -> Tmd:
