@@ -21,8 +21,8 @@ from lvm_gateway.contract.rollout import Phase
 from lvm_gateway.procs import free_port, start, stop
 from lvm_gateway.rollout import ops
 from tests.integration.gateway_env import gateway, model_server
-from tests.integration.test_rollout_e2e import probing, until
-from tests.rolloutkit import rollout_store, write_policy
+from tests.integration.test_rollout_e2e import probing
+from tests.rolloutkit import rollout_store, until_status, write_policy
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +95,7 @@ async def test_a_dead_canary_is_rolled_back_never_promoted(
                 await asyncio.sleep(2.0)  # healthy traffic in the step first
                 os.kill(canary_proc.pid, how)
                 killed_at = time.time()
-                done = await until(store, lambda s: s.phase != Phase.PROGRESSING, 20)
+                done = await until_status(store, lambda s: s.phase != Phase.PROGRESSING, 20)
                 detected_s = time.time() - killed_at
         events = await store.history("phase2")
     assert done.phase == Phase.ROLLED_BACK, done.reason
