@@ -276,6 +276,7 @@ class MetricsRecorder:
             registry=registry,
         )
         self._upstream: dict[str, Histogram] = {}
+        self._empty: dict[tuple[str, str], Counter] = {}
         self._requests: dict[tuple[str, str, int], Counter] = {}
         self._latency: dict[tuple[str, str], Histogram] = {}
 
@@ -310,7 +311,11 @@ class MetricsRecorder:
             self.invalid_predictions.labels(variant).inc()
 
     def empty_hit(self, variant: str, lane: str) -> None:
-        self.empty_hits.labels(variant, lane).inc()
+        key = (variant, lane)
+        child = self._empty.get(key)
+        if child is None:
+            child = self._empty[key] = self.empty_hits.labels(variant, lane)
+        child.inc()
 
     def hits(self, variant: str, lane: str, hits: dict[int, bool]) -> None:
         self.scored.labels(variant, lane).inc()
