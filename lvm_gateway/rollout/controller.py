@@ -169,10 +169,11 @@ async def run_controller(
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:
-    """Stop `task` if any; returns None, the value a stopped task slot holds."""
+    """Stop `task` if any; returns None, the value a stopped task slot holds. Bounded: a task
+    slow to unwind (a Redis call cut short) must not hold up the controller's own stop."""
     if task is not None:
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.wait({task}, timeout=_SHUTDOWN_S)
     return None
 
 

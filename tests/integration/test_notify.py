@@ -112,7 +112,8 @@ async def controller(
         yield stop
     finally:
         stop.set()
-        await asyncio.wait_for(task, 5)
+        # Generous: on a loaded machine the controller's bounded shutdown may take seconds.
+        await asyncio.wait_for(task, 15)
 
 
 async def notes(store: RolloutStore) -> list[str]:
