@@ -42,7 +42,9 @@ class Rig:
             for rec in replicas:
                 feed(rec, "phase2", self.rate // 2, self.canary_ms)
                 feed(rec, "phase1", self.rate, 1.0)
-                await rec.flush(self.store.client)
+                # Shielded: cancelling redis-py mid-pipeline can leave the call hanging; the
+                # test stops this task between flushes instead.
+                await asyncio.shield(rec.flush(self.store.client))
             await asyncio.sleep(0.05)
 
     async def until(self, check: Callable[[Any], bool], within_s: float) -> Any:
