@@ -26,15 +26,19 @@ from lvm_gateway.procs import start, stop, wait_http
 REQUEST_BODY = b'{"context_vectors": [[0.1, 0.2, 0.3]], "tmd_codes": [3, 1, 2]}'
 
 # wrk's Lua hooks: cycle through pre-formatted POSTs from many users (so a sticky split really
-# splits), and print exact percentiles as JSON instead of the rounded text of --latency.
+# splits), and print exact percentiles as JSON instead of the rounded text of --latency. The body
+# is read from a file (binary-safe, any size); each user's request is formatted once.
 WRK_SCRIPT = r"""
-local body = [==[%BODY%]==]
+local f = assert(io.open("%BODY%", "rb"))
+local body = f:read("*a")
+f:close()
 local reqs = {}
 local n = 0
 
 function init(args)
-  for i = 1, 1000 do
-    local headers = {["Content-Type"] = "application/json", ["X-User-Id"] = "user-" .. i}
+  for i = 1, %USERS% do
+    local headers = {%HEADERS%}
+    headers["X-User-Id"] = "user-" .. i
     reqs[i] = wrk.format("POST", nil, headers, body)
   end
 end
@@ -53,6 +57,20 @@ function done(summary, latency, requests)
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
 end
 """
+
+
+def wrk_script(workdir: Path, name: str, body: bytes, headers: dict[str, str], users: int) -> Path:
+    """A wrk script POSTing `body` with `headers` as `users` distinct X-User-Id values."""
+    body_path = workdir / f"{name}.body"
+    body_path.write_bytes(body)
+    lua = ", ".join(f'["{k}"] = "{v}"' for k, v in headers.items())
+    path = workdir / f"{name}.lua"
+    path.write_text(
+        WRK_SCRIPT.replace("%BODY%", str(body_path))
+        .replace("%USERS%", str(users))
+        .replace("%HEADERS%", lua)
+    )
+    return path
 
 
 @dataclass(frozen=True)
@@ -142,8 +160,9 @@ class Harness:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.wrk_script = workdir / "post.lua"
-        self.wrk_script.write_text(WRK_SCRIPT.replace("%BODY%", REQUEST_BODY.decode()))
+        self.wrk_script = wrk_script(
+            workdir, "post", REQUEST_BODY, {"Content-Type": "application/json"}, users=1000
+        )
         self._stack = ExitStack()
         self.groups: dict[str, int] = {}  # "host:port" -> process group of the server there
 

@@ -33,7 +33,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from bench.harness import Harness, Load, conditions, run_wrk, stop_on_signals
+from bench.harness import Harness, Load, conditions, run_wrk, stop_on_signals, wrk_script
 from bench.proxy_bench import RESULTS, Bench, canary_config
 from lvm_gateway.contract import oip
 from lvm_gateway.procs import free_port
@@ -45,37 +45,6 @@ MAX_ADDED_P50_VS_NGINX = 2.0  # 100 and 500 vectors
 MIN_RPS_VS_NGINX_500 = 0.80  # 500 vectors, 8 connections
 MIN_BINARY_SPEEDUP = 5.0  # end to end, 500 vectors, p50
 GATEWAYS = ("gateway 1w", "gateway 1w granian")  # uvicorn and granian, one worker each
-
-# The body is read from a file (binary-safe, any size); each user's request is formatted once.
-WRK_SCRIPT = r"""
-local f = assert(io.open("%BODY%", "rb"))
-local body = f:read("*a")
-f:close()
-local reqs = {}
-local n = 0
-
-function init(args)
-  for i = 1, %USERS% do
-    local headers = {%HEADERS%}
-    headers["X-User-Id"] = "user-" .. i
-    reqs[i] = wrk.format("POST", nil, headers, body)
-  end
-end
-
-function request()
-  n = n % #reqs + 1
-  return reqs[n]
-end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRK_JSON {"requests": %d, "duration_us": %d, "socket_errors": %d, "status_errors": %d, ' ..
-    '"p50_us": %.1f, "p90_us": %.1f, "p99_us": %.1f, "max_us": %.1f}\n',
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
-end
-"""
 
 
 def lvm_body(n: int, seed: int = 0) -> bytes:
@@ -92,16 +61,7 @@ def v2_body(n: int, seed: int = 0) -> tuple[bytes, dict[str, str]]:
 
 
 def script(workdir: Path, name: str, body: bytes, headers: dict[str, str]) -> Path:
-    body_path = workdir / f"{name}.body"
-    body_path.write_bytes(body)
-    lua = ", ".join(f'["{k}"] = "{v}"' for k, v in headers.items())
-    path = workdir / f"{name}.lua"
-    path.write_text(
-        WRK_SCRIPT.replace("%BODY%", str(body_path))
-        .replace("%USERS%", str(USERS))
-        .replace("%HEADERS%", lua)
-    )
-    return path
+    return wrk_script(workdir, name, body, headers, USERS)
 
 
 # Large bodies stay in memory (nginx would spill anything over 16 KB to a temp file).
