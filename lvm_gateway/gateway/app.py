@@ -104,6 +104,18 @@ def _json(status: int, payload: dict[str, Any]) -> tuple[int, bytes]:
     return status, orjson.dumps(payload)
 
 
+def _internal_error(**fields: str) -> tuple[int, bytes]:
+    """Never a 500: a bug in the gateway is logged loudly by the caller and answered as a 502."""
+    return _json(
+        502, {"error": "gateway_error", "message": "internal gateway error (logged)", **fields}
+    )
+
+
+def _request_headers(scope: Scope) -> dict[str, str]:
+    """The request's headers by lower-case name (ASGI gives bytes, as sent)."""
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
 class GatewayApp:
     def __init__(
         self,
@@ -343,7 +355,7 @@ class GatewayApp:
             await self._fixed_endpoint(path, scope, receive, send)
             return
         started = time.perf_counter()
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = _request_headers(scope)
         gateway_id = new_gateway_id()
         request_id = gateway_id  # what the client sees: its own X-Request-Id when it sent one
         variant = "none"
@@ -381,14 +393,7 @@ class GatewayApp:
                 extra += ((b"retry-after", b"1"),)
         except Exception:  # never a 500: a bug here is logged loudly and answered as a 502
             log.exception("unexpected error proxying %s", path)
-            status, payload = _json(
-                502,
-                {
-                    "error": "gateway_error",
-                    "message": "internal gateway error (logged)",
-                    "request_id": request_id,
-                },
-            )
+            status, payload = _internal_error(request_id=request_id)
             ctype = _JSON
         extra += ((b"x-request-id", request_id.encode()), (b"x-variant", variant.encode()))
         await _respond(send, status, payload, ctype, extra)
@@ -536,15 +541,13 @@ class GatewayApp:
             status, body, ctype = await handler(scope, receive)
         except Exception:  # never a 500: a bug here is logged loudly and answered as a 502
             log.exception("unexpected error answering %s", path)
-            status, body = _json(
-                502, {"error": "gateway_error", "message": "internal gateway error (logged)"}
-            )
+            status, body = _internal_error()
             ctype = _JSON
         await _respond(send, status, body, ctype, ())
 
     async def _feedback_http(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
         assert self.redis is not None
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = _request_headers(scope)
         try:
             if self.feedback_bearer is not None and not hmac.compare_digest(
                 headers.get("authorization", ""), f"Bearer {self.feedback_bearer}"

@@ -535,27 +535,27 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from lvm_gateway.rollout.simulate import run_cli
+
+    try:
+        return run_cli(args)
+    except ValueError as exc:
+        err.print(f"rolloutctl simulate: {exc}", markup=False)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     if args.verb == "status" and args.timeout is not None and not args.name:
         p.error("status --timeout needs a rollout NAME")
-    if args.verb == "simulate":  # pure: no Redis
-        from lvm_gateway.rollout.simulate import run_cli
-
-        try:
-            return run_cli(args)
-        except ConfigError as exc:
-            for e in exc.errors:
-                err.print(e, markup=False)
-            return 2
-        except ValueError as exc:
-            err.print(f"rolloutctl simulate: {exc}", markup=False)
-            return 2
     if args.verb == "controller":
         logging.config.dictConfig(dict_config("info", "text"))
     args.redis_url = None
     try:
+        if args.verb == "simulate":  # pure: no Redis
+            return _simulate(args)
         if args.verb == "embedded":
             return cmd_embedded(args)
         args.redis_url = resolve_redis_url(args.redis, start_embedded=not _read_only(args))
