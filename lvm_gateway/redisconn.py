@@ -70,6 +70,11 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}{tail}"
 
 
+def text(value: bytes | str) -> str:
+    """A Redis reply as str (clients without decode_responses give bytes)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def open_client(url: str, timeout_s: float = 2.0) -> aioredis.Redis:
     """The async client every part uses: fails fast when Redis is unreachable instead of hanging
     a command."""

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from lvm_gateway.contract.keys import RedisKeys
 from lvm_gateway.gateway.signals import Prediction
+from lvm_gateway.redisconn import text
 
 _SEP = "\x1f"
 MAX_PENDING = 50_000  # records kept while Redis is unreachable; older ones are dropped
@@ -152,12 +153,8 @@ class PredictionRecords:
             return None
         cid = fields.get("cid")
         return Record(
-            lane=_text(fields.get("lane", "none")),
-            served=_text(fields.get("served", "")),
+            lane=text(fields.get("lane", "none")),
+            served=text(fields.get("served", "")),
             answers=answers,
-            client_id=_text(cid) if cid is not None else None,
+            client_id=text(cid) if cid is not None else None,
         )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

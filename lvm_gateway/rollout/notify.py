@@ -45,6 +45,7 @@ from lvm_gateway.contract.keys import HISTORY_MAXLEN, RedisKeys
 from lvm_gateway.contract.rollout import Actor, Phase
 from lvm_gateway.errors import NotLeaderError
 from lvm_gateway.logfmt import iso_time
+from lvm_gateway.redisconn import text
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +88,6 @@ def event_of(action: str, phase: str) -> NotifyEvent | None:
     return _BY_ACTION.get(action)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 @dataclass(frozen=True)
 class Entry:
     """One history entry, as stored (stream id and string fields)."""
@@ -125,13 +122,13 @@ def payload(rollout: str, entry: Entry, steps: int | None) -> dict[str, Any]:
 
 def render(target: NotificationSpec, body: Mapping[str, Any]) -> bytes:
     if target.format == "slack":
-        text = (
+        line = (
             f"rollout {body['rollout']} {body['event']}: {body['phase']}, "
             f"{body['weight']:g}% on {body['canary']}"
         )
         if body["reason"]:
-            text += f" ({body['reason']})"
-        return json.dumps({"text": text}).encode()
+            line += f" ({body['reason']})"
+        return json.dumps({"text": line}).encode()
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -227,7 +224,7 @@ class Notifier:
         while True:
             try:
                 busy = False
-                names = sorted(_text(n) for n in await self.client.smembers(self.keys.rollouts))
+                names = sorted(text(n) for n in await self.client.smembers(self.keys.rollouts))
                 for name in names:
                     busy |= await self._drain(http, target, name)
                 backoff = self.poll_s
@@ -248,11 +245,11 @@ class Notifier:
         """The exclusive lower bound of what this webhook still has to hear about `name`."""
         cursor = await self.client.hget(self.keys.notify("cursor"), f"{target.key}:{name}")
         if cursor is not None:
-            return "(" + _text(cursor)
+            return "(" + text(cursor)
         since_key = self.keys.notify("since")
         # Normally set by the gateway that published the target; if not, it starts now.
         await self.client.hsetnx(since_key, target.key, int(time.time() * 1000))
-        return f"{_text(await self.client.hget(since_key, target.key))}-0"
+        return f"{text(await self.client.hget(since_key, target.key))}-0"
 
     async def _drain(self, http: httpx.AsyncClient, target: NotificationSpec, name: str) -> bool:
         """Post what is pending for one rollout; True if anything was read."""
@@ -261,7 +258,7 @@ class Notifier:
         newest = await self.client.xrevrange(history, "+", start, count=self.max_backlog + 1)
         if not newest:
             return False
-        entries = [Entry(_text(i), {_text(k): _text(v) for k, v in f.items()}) for i, f in newest]
+        entries = [Entry(text(i), {text(k): text(v) for k, v in f.items()}) for i, f in newest]
         entries.reverse()
         if len(entries) > self.max_backlog:
             skipped = entries.pop(0)

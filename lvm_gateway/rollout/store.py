@@ -32,6 +32,7 @@ from lvm_gateway.errors import (
     UnknownRolloutError,
 )
 from lvm_gateway.logfmt import iso_time
+from lvm_gateway.redisconn import text
 from lvm_gateway.rollout.reconcile import Action
 from lvm_gateway.rollout.transitions import ACTIVE, abort
 
@@ -60,10 +61,6 @@ class Registered:
     spec: RolloutSpec
     stable: str | None
     canary: str | None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _parse_threshold_value(key: str, raw: str) -> Any:
@@ -154,11 +151,11 @@ class RolloutStore:
 
     async def names(self) -> list[str]:
         """The rollouts the policy declares: the ones the controller reconciles."""
-        return sorted(_text(n) for n in await self.client.smembers(self.keys.rollouts))
+        return sorted(text(n) for n in await self.client.smembers(self.keys.rollouts))
 
     async def removed(self) -> list[str]:
         """Rollouts once declared and since removed from the policy (kept for their history)."""
-        return sorted(_text(n) for n in await self.client.smembers(self.keys.rollouts_removed))
+        return sorted(text(n) for n in await self.client.smembers(self.keys.rollouts_removed))
 
     async def registered(self, name: str) -> Registered:
         raw = await self.client.get(self.key(name, "spec"))
@@ -266,7 +263,7 @@ class RolloutStore:
 
     @staticmethod
     def _decode(name: str, raw: Mapping[bytes | str, bytes | str]) -> RolloutStatus:
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        fields = {text(k): text(v) for k, v in raw.items()}
         data = json.loads(fields["data"])
         data["name"] = name
         data["version"] = int(fields.get("version", 0))
@@ -374,11 +371,11 @@ class RolloutStore:
         await self.registered(name)
         out = []
         for entry_id, fields in await self.client.xrange(self.key(name, "history")):
-            f = {_text(k): _text(v) for k, v in fields.items()}
+            f = {text(k): text(v) for k, v in fields.items()}
             ts = float(f["at"])
             out.append(
                 {
-                    "id": _text(entry_id),
+                    "id": text(entry_id),
                     "at": iso_time(ts),
                     "ts": ts,
                     "version": int(f["version"]),

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from lvm_gateway.contract.keys import RedisKeys
 from lvm_gateway.contract.windows import BUCKET_SECONDS
+from lvm_gateway.redisconn import text
 from lvm_gateway.rollout.observations import VariantWindow
 
 Counts = dict[str, int]
@@ -61,8 +62,4 @@ async def read_windows(
 
 def counts_of(raw: Mapping[bytes | str, bytes | str]) -> Counts:
     """A Redis hash of counters as {name: count}."""
-    return {_text(k): int(v) for k, v in raw.items()}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return {text(k): int(v) for k, v in raw.items()}
