@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -132,13 +133,14 @@ class StreamedBody:
     """A request body arriving from the client, readable from the start by any number of
     upstream calls while it arrives (see the module docstring)."""
 
-    __slots__ = ("_changed", "_error", "chunks", "done", "length", "received")
+    __slots__ = ("_changed", "_error", "chunks", "done", "finished_at", "length", "received")
 
     def __init__(self, length: int) -> None:
         self.length = length
         self.chunks: list[bytes] = []
         self.received = 0
         self.done = False
+        self.finished_at = 0.0  # time.perf_counter() when the last byte arrived
         self._error: BadRequestError | None = None
         self._changed = asyncio.Event()
 
@@ -153,6 +155,7 @@ class StreamedBody:
 
     def finish(self) -> None:
         self.done = True
+        self.finished_at = time.perf_counter()
         self._wake()
 
     def fail(self, exc: BadRequestError) -> None:

@@ -70,6 +70,16 @@ class Call:
         return self.lane_of() if self.lane_of is not None else self.lane
 
 
+def _variant_time(t0: float, body: bytes | StreamedBody) -> float:
+    """The time a call took once the variant could have the whole request: from `t0`, or from
+    the last byte of a streamed body if that came later. A client's slow upload of a large
+    context is not the variant's latency, and the judge's latency SLO is about the variant."""
+    now = time.perf_counter()
+    if isinstance(body, StreamedBody) and body.finished_at > t0:
+        return now - body.finished_at
+    return now - t0
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -131,7 +141,7 @@ class Dispatcher:
                     else inspect_answer(resp.body, variant)
                 )
         except UpstreamError as exc:
-            elapsed = time.perf_counter() - t0
+            elapsed = _variant_time(t0, body)
             self.circuits.record(variant, True)
             self.metrics.upstream_error(variant, exc.kind)
             self.metrics.upstream(variant, elapsed)
@@ -141,7 +151,7 @@ class Dispatcher:
             raise
         finally:
             self.inflight[variant] -= 1
-        elapsed = time.perf_counter() - t0
+        elapsed = _variant_time(t0, body)
         self.circuits.record(variant, False)
         self.metrics.upstream(variant, elapsed)
         self.windows.record_request(variant, elapsed, False, lane)

@@ -258,7 +258,8 @@ class MetricsRecorder:
         )
         self.upstream_latency = Histogram(
             "lvmgw_upstream_duration_seconds",
-            "Time of one call to a variant (or expert), answered or failed.",
+            "Time of one call to a variant (or expert), answered or failed, from when it could "
+            "have the whole request (a client's upload is not the variant's time).",
             ["variant"],
             buckets=LATENCY_BUCKETS,
             registry=registry,

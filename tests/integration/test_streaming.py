@@ -201,7 +201,9 @@ def test_a_fallback_replays_the_streamed_body_in_full(upstream, redis_url, tmp_p
 
 def test_a_slow_upload_is_the_clients_time_not_the_upstreams(upstream, redis_url, tmp_path):
     """The variant's 300 ms timeout runs only while the upstream is awaited: a client pausing
-    1 s mid-body is still answered; one pausing past body_timeout_seconds gets a 408."""
+    1 s mid-body is still answered, and the variant is timed from the body's last byte (the
+    judge's latency is the variant's, not the upload's); one pausing past body_timeout_seconds
+    gets a 408."""
     url, server = upstream
     body = big_body(300)
     doc = orjson.loads(config(url, "a"))
@@ -211,6 +213,8 @@ def test_a_slow_upload_is_the_clients_time_not_the_upstreams(upstream, redis_url
         answer, _ = send_in_two_parts(gw.url, body, lambda: time.sleep(1.0) is None)
         assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
         assert server.bodies == [hashlib.sha256(body).hexdigest()]
+        assert gw.metric("lvmgw_request_duration_seconds_sum", variant="a") >= 1.0
+        assert gw.metric("lvmgw_upstream_duration_seconds_sum", variant="a") < 0.3
         # Stalled past the body timeout: the 408 comes without the rest being sent.
         with socket.create_connection(("127.0.0.1", int(gw.url.rsplit(":", 1)[1])), 10) as s:
             s.sendall(
