@@ -7,6 +7,8 @@ connection opens and whenever a request begins; if the request's head is not com
 the connection is closed (408 when a request had begun). Body reads are timed by the app
 (gateway/bodies.py), the keep-alive idle time and the connection cap are uvicorn's own settings
 (`--keep-alive-timeout`, `--max-connections`, answered 503 beyond).
+
+It also hands request bodies to the app without uvicorn's two copies (see `_Cycle`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import os
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGIReceiveEvent
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 # Set by `lvm-gateway serve --client-header-timeout` in the environment every worker inherits.
 HEADER_TIMEOUT_ENV = "LVMGW_CLIENT_HEADER_TIMEOUT"
@@ -41,7 +44,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm_head_timer()
         self._head_begun = False
+        before = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not before and type(cycle) is RequestResponseCycle:  # a new request's
+            cycle.__class__ = _Cycle
+            cycle.body = _Pieces()  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
@@ -62,3 +70,45 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_begun:
             self.transport.write(_REQUEST_TIMEOUT)
         self.transport.close()
+
+
+class _Pieces:
+    """A request body's pieces not yet handed to the app, as the parser gave them. uvicorn
+    appends each piece to a bytearray and copies it out again for every ASGI message: two
+    copies of a 4.75 MB context per request. Here a message of one piece is that piece."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def __iadd__(self, piece: bytes) -> _Pieces:  # uvicorn's on_body: `cycle.body += body`
+        self.parts.append(piece)
+        self.size += len(piece)
+        return self
+
+    def __len__(self) -> int:  # uvicorn's flow control reads the pending size
+        return self.size
+
+    def take(self) -> bytes:
+        parts, self.parts, self.size = self.parts, [], 0
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class _Cycle(RequestResponseCycle):
+    """uvicorn's request cycle with `receive` taking the pending `_Pieces`; the rest of
+    `receive` is uvicorn's (100-continue, flow control, disconnects)."""
+
+    async def receive(self) -> ASGIReceiveEvent:
+        if self.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.waiting_for_100_continue = False
+        if not self.disconnected and not self.response_complete:
+            self.flow.resume_reading()
+            await self.message_event.wait()
+            self.message_event.clear()
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        body: _Pieces = self.body  # type: ignore[assignment]
+        return {"type": "http.request", "body": body.take(), "more_body": self.more_body}

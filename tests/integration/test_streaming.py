@@ -229,3 +229,30 @@ def test_a_slow_upload_is_the_clients_time_not_the_upstreams(upstream, redis_url
         assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
         assert b"nothing arrived for 2 s" in answer
         assert len(server.bodies) == 1  # the upstream never got the stalled body whole
+
+
+@pytest.mark.parametrize("vectors", [2, 880])  # read whole (below the streaming size), streamed
+def test_expect_100_continue_gets_its_interim_answer_then_the_body_is_forwarded(
+    upstream, redis_url, tmp_path: Path, vectors: int
+):
+    url, server = upstream
+    body = big_body(vectors)
+    with gateway(config(url, "a"), redis_url, tmp_path) as gw:
+        port = int(gw.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            s.sendall(
+                b"POST /infer HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                b"Expect: 100-continue\r\nContent-Length: " + str(len(body)).encode() + b"\r\n"
+                b"Connection: close\r\n\r\n"
+            )
+            interim = s.recv(65536)
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n", interim
+            half = len(body) // 2
+            s.sendall(body[:half])
+            time.sleep(0.05)  # the body arrives as several pieces
+            s.sendall(body[half:])
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        assert server.bodies == [hashlib.sha256(body).hexdigest()]
