@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lvm_gateway import termout
+from lvm_gateway.blas import limit_blas_threads
 from lvm_gateway.config.load import json_schema, load_config
 from lvm_gateway.errors import (
     AdminServerError,
@@ -148,6 +149,7 @@ def serve(
         else None
     )
     os.environ[_ENV_CONTROLLER] = "1" if controller else "0"
+    limit_blas_threads(1)  # this process and (through the environment) every worker
     # This process's protocol class, and (through the environment) every worker's.
     os.environ[HEADER_TIMEOUT_ENV] = str(limits.header_timeout_s)
     GuardedHttpToolsProtocol.header_timeout_s = limits.header_timeout_s

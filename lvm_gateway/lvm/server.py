@@ -28,6 +28,7 @@ import uvloop
 from aiohttp import web
 
 from lvm_gateway import termout
+from lvm_gateway.blas import limit_blas_threads
 from lvm_gateway.contract import oip
 from lvm_gateway.contract.lvm import DIM, N_LANES, N_MODIFIERS, N_TASKS
 from lvm_gateway.errors import BadRequestError, LvmGatewayError
@@ -37,6 +38,7 @@ from lvm_gateway.lvm.world import World
 _TMD_LIMITS = (N_LANES, N_TASKS, N_MODIFIERS)
 Closer = Callable[[], Any]
 _N_NEIGHBORS = 10
+_TIMER_SLACK_S = 0.0005  # half the event loop's timer resolution
 DEFAULT_MAX_BATCH = 16
 DEFAULT_MODEL = "lvm"  # the v2 model name: POST /v2/models/lvm/infer
 
@@ -313,9 +315,11 @@ class InferService:
         return 200, payload, fault
 
     async def _pad(self, t0: float) -> None:
-        """Simulate the model's latency: an answer takes at least `latency_ms` in all."""
-        # A loop because the event loop's timers have millisecond granularity and may fire early.
-        while (remaining := self.latency_s - (time.perf_counter() - t0)) > 0:
+        """Simulate the model's latency: an answer takes `latency_ms` in all, to within half a
+        millisecond. uvloop rounds a timer to the nearest millisecond; sleeping again for what
+        is left below that would spin the loop (a sub-millisecond sleep returns at once) and
+        burn ~0.5 ms of CPU per answer, which a simulated GPU wait must not cost."""
+        while (remaining := self.latency_s - (time.perf_counter() - t0)) > _TIMER_SLACK_S:
             await asyncio.sleep(remaining)
 
 
@@ -476,7 +480,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8100)
     p.add_argument("--checkpoint", help="serve a trained model instead of the analytic one")
     p.add_argument(
-        "--latency-ms", type=float, help="least time per answer (default: the profile's)"
+        "--latency-ms", type=float, help="time per answer, +-0.5 ms (default: the profile's)"
     )
     p.add_argument("--error-rate", type=float, default=0.0, help="share answered with a 500")
     p.add_argument("--nan-rate", type=float, default=0.0, help="share with NaN in the prediction")
@@ -500,7 +504,12 @@ def _parser() -> argparse.ArgumentParser:
         default=2.0,
         help="--checkpoint: longest a request waits for others to batch with",
     )
-    p.add_argument("--threads", type=int, default=1, help="--checkpoint: torch intra-op threads")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="numpy BLAS threads, and torch intra-op threads with --checkpoint",
+    )
     p.add_argument(
         "--dense", action="store_true", help="stub: a dense ~9 KB answer, as a real model's"
     )
@@ -610,6 +619,7 @@ def main(argv: list[str] | None = None) -> None:
     p = _parser()
     args = p.parse_args(argv)
     _check(args, p)
+    limit_blas_threads(args.threads)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(_serve(args))
 

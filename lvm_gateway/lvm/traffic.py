@@ -30,6 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lvm_gateway import termout
+from lvm_gateway.blas import limit_blas_threads
 from lvm_gateway.contract import oip
 from lvm_gateway.contract.lvm import DIM, HIT_THRESHOLDS, N_LANES, cosine_hits, id_hits
 from lvm_gateway.errors import TrafficError
@@ -441,6 +442,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     except TrafficError as exc:
         p.error(str(exc))
+    limit_blas_threads(1)
     console = termout.console()
     try:
         with (
