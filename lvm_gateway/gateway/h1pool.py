@@ -364,18 +364,19 @@ class EndpointPool:
         is_head = method == "HEAD"
         conn, reused = await self._acquire(loop, fresh=False)
         try:
-            return await self._exchange(conn, data, is_head, limit, rest, body, progress)
+            return await self._exchange(conn, loop, data, is_head, limit, rest, body, progress)
         except ConnectionLostError as exc:
             if not reused or exc.received:
                 raise
         # The server closed this idle connection as the request went out: nothing of an answer
         # came back, so send it again, once, on a new connection.
         conn, _ = await self._acquire(loop, fresh=True)
-        return await self._exchange(conn, data, is_head, limit, rest, body, progress)
+        return await self._exchange(conn, loop, data, is_head, limit, rest, body, progress)
 
     async def _exchange(
         self,
         conn: _Conn,
+        loop: asyncio.AbstractEventLoop,
         data: bytes,
         is_head: bool,
         limit: int,
@@ -384,7 +385,7 @@ class EndpointPool:
         progress: Callable[[bool], None] | None,
     ) -> Response:
         try:
-            waiter = conn.send(data, is_head, limit, asyncio.get_running_loop(), rest)
+            waiter = conn.send(data, is_head, limit, loop, rest)
             if isinstance(body, StreamedBody):
                 return await conn.stream(body, waiter, progress)
             return await waiter
