@@ -7,14 +7,17 @@ connection opens and whenever a request begins; if the request's head is not com
 the connection is closed (408 when a request had begun). Body reads are timed by the app
 (gateway/bodies.py), the keep-alive idle time and the connection cap are uvicorn's own settings
 (`--keep-alive-timeout`, `--max-connections`, answered 503 beyond).
+
+It also sends each response's head and body in one write (OneWriteSend).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 # Set by `lvm-gateway serve --client-header-timeout` in the environment every worker inherits.
 HEADER_TIMEOUT_ENV = "LVMGW_CLIENT_HEADER_TIMEOUT"
@@ -43,6 +46,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_begun = False
         super().on_headers_complete()
 
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # An instance attribute: the cycle's run_asgi passes `self.send` to the app.
+        cycle.send = OneWriteSend(cycle)  # type: ignore[method-assign]
+        super()._start_asgi_task(cycle, app)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
         super().connection_lost(exc)
@@ -62,3 +70,58 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_begun:
             self.transport.write(_REQUEST_TIMEOUT)
         self.transport.close()
+
+
+class OneWriteSend:
+    """A cycle's ASGI send that writes a response's head with its first body message: one
+    write() syscall instead of uvicorn's two (py-spy put ~10% of a small request's CPU in write
+    syscalls, one of them the head alone).
+
+    uvicorn's own send still does all the work (validation, framing, keep-alive, completion);
+    only its transport writes pass through here: the head's is held, the next one carries it.
+    The gateway sends a response's body right after its head, so holding it delays nothing.
+    """
+
+    __slots__ = ("_cycle", "_head", "_holding", "_send", "_transport")
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+        self._send = cycle.send
+        self._transport = cycle.transport
+        self._head = b""
+        self._holding = False  # this send is the one that writes the head
+
+    async def __call__(self, message: Any) -> None:
+        cycle = self._cycle
+        if cycle.flow.write_paused:
+            # uvicorn's send first waits for the client to read: no stand-in across that wait.
+            self._flush()
+            await self._send(message)
+            return
+        self._holding = not cycle.response_started
+        cycle.transport = self  # type: ignore[assignment]
+        try:
+            await self._send(message)
+        finally:
+            cycle.transport = self._transport
+            if not self._holding:
+                self._flush()  # a body that wrote nothing (HEAD) still sends the head
+
+    # The part of asyncio.Transport that uvicorn's send uses.
+    def write(self, data: bytes) -> None:
+        if self._holding:
+            self._head = data
+        elif self._head:
+            self._transport.write(self._head + data)
+            self._head = b""
+        else:
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def _flush(self) -> None:
+        if self._head:
+            self._transport.write(self._head)
+            self._head = b""
