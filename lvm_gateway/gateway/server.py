@@ -106,6 +106,10 @@ class OneWriteSend:
             cycle.transport = self._transport
             if not self._holding:
                 self._flush()  # a body that wrote nothing (HEAD) still sends the head
+            if cycle.response_complete:
+                # No reference cycle (cycle -> this -> cycle) left for the garbage collector:
+                # one per request made it run ~25 times as often.
+                cycle.__dict__.pop("send", None)
 
     # The part of asyncio.Transport that uvicorn's send uses.
     def write(self, data: bytes) -> None:

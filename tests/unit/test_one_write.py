@@ -51,12 +51,13 @@ def respond(method: str, body: bytes, keep_alive: bool = True) -> RecordingTrans
             keep_alive=keep_alive,
             on_response=lambda: None,
         )
-        send = OneWriteSend(cycle)
+        cycle.send = send = OneWriteSend(cycle)  # as the protocol installs it
         headers: list[Any] = [(b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         assert transport.writes == []  # held for the body
         await send({"type": "http.response.body", "body": body})
         assert cycle.response_complete and cycle.transport is transport
+        assert "send" not in vars(cycle)  # no reference cycle left behind for the GC
 
     asyncio.run(run())
     return transport
