@@ -250,7 +250,7 @@ class VariantClient:
                     streamed = isinstance(body, StreamedBody)
                     progress = self._progress(deadline, loop) if streamed else None
                     status, raw, data = await ep.pool.request(
-                        method, target, body, headers, self.max_bytes, progress
+                        method, target, body, headers, self.max_bytes, progress, loop
                     )
             except TimeoutError as exc:
                 err: UpstreamError = UpstreamTimeoutError(
