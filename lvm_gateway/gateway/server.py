@@ -2,9 +2,10 @@
 
 uvicorn closes a keep-alive connection that stays idle after a response, but not one that never
 sends a byte or trickles its request head: 200 such connections stayed open for good and 300 of
-them locked a gateway limited to 256 file descriptors out. This protocol arms a timer when a
-connection opens and whenever a request begins; if the request's head is not complete in time,
-the connection is closed (408 when a request had begun). Body reads are timed by the app
+them locked a gateway limited to 256 file descriptors out. This protocol gives the request
+head a deadline when a connection opens and whenever a request begins (one timer per
+connection); if the head is not complete in time, the connection is closed (408 when a request
+had begun). Body reads are timed by the app
 (gateway/bodies.py), the keep-alive idle time and the connection cap are uvicorn's own settings
 (`--keep-alive-timeout`, `--max-connections`, answered 503 beyond).
 
@@ -29,20 +30,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s = float(os.environ.get(HEADER_TIMEOUT_ENV, DEFAULT_HEADER_TIMEOUT_S))
 
     _head_timer: asyncio.TimerHandle | None = None
+    # Loop time by which the awaited request head must be complete; None while none is awaited.
+    # The timer is not re-armed per request: when it fires it looks at this and arms itself
+    # again for what is left (a call_later and a cancel per request were ~1% of its CPU).
+    _head_deadline: float | None = None
     _head_begun = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head_timer()
+        self._await_head()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_begun = True
-        if self._head_timer is None:  # a keep-alive connection's next request
-            self._arm_head_timer()
+        if self._head_deadline is None:  # a keep-alive connection's next request
+            self._await_head()
 
     def on_headers_complete(self) -> None:
-        self._disarm_head_timer()
+        self._head_deadline = None
         self._head_begun = False
         super().on_headers_complete()
 
@@ -52,19 +57,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super()._start_asgi_task(cycle, app)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_timer()
-        super().connection_lost(exc)
-
-    def _arm_head_timer(self) -> None:
-        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
-
-    def _disarm_head_timer(self) -> None:
+        self._head_deadline = None
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        super().connection_lost(exc)
 
-    def _head_timed_out(self) -> None:
+    def _await_head(self) -> None:
+        self._head_deadline = self.loop.time() + self.header_timeout_s
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timer_fired)
+
+    def _head_timer_fired(self) -> None:
         self._head_timer = None
+        if self._head_deadline is None:
+            return  # no head awaited now: the next request arms the timer again
+        left = self._head_deadline - self.loop.time()
+        if left > 0:
+            self._head_timer = self.loop.call_later(left, self._head_timer_fired)
+            return
         if self.transport.is_closing():
             return
         if self._head_begun:

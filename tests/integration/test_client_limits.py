@@ -77,6 +77,25 @@ def test_idle_and_trickling_clients_are_cut_off(stub: str, redis_url: str, tmp_p
             s.close()
 
 
+def test_a_keep_alive_connections_next_head_gets_the_whole_timeout(
+    stub: str, redis_url: str, tmp_path: Path
+) -> None:
+    """The head timer is armed once per connection and moved, not re-armed per request: a head
+    begun late on a reused connection still has the full timeout from its own start."""
+    with gateway(policy(stub), redis_url, tmp_path, "--client-header-timeout", "1") as gw:
+        s = connect(gw)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        time.sleep(0.6)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never finish the head
+        begun = time.monotonic()
+        closed, sent = closed_within(s, 4)
+        waited = time.monotonic() - begun
+        assert closed and sent.startswith(b"HTTP/1.1 408")
+        assert 0.8 < waited < 2.5, waited
+        s.close()
+
+
 def test_connections_beyond_the_cap_get_a_503(stub: str, redis_url: str, tmp_path: Path) -> None:
     with gateway(policy(stub), redis_url, tmp_path, "--max-connections", "8") as gw:
         held = [connect(gw) for _ in range(8)]
