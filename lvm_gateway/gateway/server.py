@@ -2,12 +2,12 @@
 
 uvicorn closes a keep-alive connection that stays idle after a response, but not one that never
 sends a byte or trickles its request head: 200 such connections stayed open for good and 300 of
-them locked a gateway limited to 256 file descriptors out. This protocol gives the request
-head a deadline when a connection opens and whenever a request begins (one timer per
-connection); if the head is not complete in time, the connection is closed (408 when a request
-had begun). Body reads are timed by the app
-(gateway/bodies.py), the keep-alive idle time and the connection cap are uvicorn's own settings
-(`--keep-alive-timeout`, `--max-connections`, answered 503 beyond).
+them locked a gateway limited to 256 file descriptors out. This protocol gives the request head
+a deadline when a connection opens and whenever a request begins; if the head is not complete in
+time, the connection is closed (408 when a request had begun). Body reads are timed by the app
+(gateway/bodies.py); the keep-alive idle time and the connection cap are uvicorn's own settings
+(`--keep-alive-timeout`, timed here on the same per-connection timer as the head; and
+`--max-connections`, answered 503 beyond).
 
 It also sends each response's head and body in one write (OneWriteSend).
 """
@@ -29,22 +29,26 @@ _REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnec
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s = float(os.environ.get(HEADER_TIMEOUT_ENV, DEFAULT_HEADER_TIMEOUT_S))
 
-    _head_timer: asyncio.TimerHandle | None = None
-    # Loop time by which the awaited request head must be complete; None while none is awaited.
-    # The timer is not re-armed per request: when it fires it looks at this and arms itself
-    # again for what is left (a call_later and a cancel per request were ~1% of its CPU).
-    _head_deadline: float | None = None
+    # One timer per connection for both waits: the request head's deadline and, between
+    # requests, the keep-alive idle deadline (uvicorn's wait, on this timer instead of a uvloop
+    # timer of its own). Deadlines move with each request; the timer is not re-armed per
+    # request: when it fires it acts on what is due and arms itself again for what is left (a
+    # call_later and a cancel cost ~2.9 us, and each request had two).
+    _timer: asyncio.TimerHandle | None = None
+    _timer_at = 0.0  # the loop time it fires at
+    _head_deadline: float | None = None  # None while no request head is awaited
+    _idle_deadline: float | None = None  # None while not idle between requests
     _head_begun = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._await_head()
+        self._head_deadline = self._wake_by(self.header_timeout_s)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_begun = True
         if self._head_deadline is None:  # a keep-alive connection's next request
-            self._await_head()
+            self._head_deadline = self._wake_by(self.header_timeout_s)
 
     def on_headers_complete(self) -> None:
         self._head_deadline = None
@@ -56,31 +60,57 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         cycle.send = OneWriteSend(cycle)  # type: ignore[method-assign]
         super()._start_asgi_task(cycle, app)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._head_deadline = None
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-        super().connection_lost(exc)
-
-    def _await_head(self) -> None:
-        self._head_deadline = self.loop.time() + self.header_timeout_s
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timer_fired)
-
-    def _head_timer_fired(self) -> None:
-        self._head_timer = None
-        if self._head_deadline is None:
-            return  # no head awaited now: the next request arms the timer again
-        left = self._head_deadline - self.loop.time()
-        if left > 0:
-            self._head_timer = self.loop.call_later(left, self._head_timer_fired)
-            return
+    def on_response_complete(self) -> None:
+        # uvicorn 0.54's own (constraints.txt pins it), but for where the keep-alive wait is timed.
+        self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
-        if self._head_begun:
-            self.transport.write(_REQUEST_TIMEOUT)
-        self.transport.close()
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle_deadline = self._wake_by(self.timeout_keep_alive)
+
+    def _unset_keepalive_if_required(self) -> None:
+        # uvicorn calls this whenever bytes arrive: the connection is not idle.
+        self._idle_deadline = None
+        super()._unset_keepalive_if_required()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_deadline = self._idle_deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        super().connection_lost(exc)
+
+    def _wake_by(self, delay: float) -> float:
+        """A deadline `delay` from now, with the timer firing no later than it."""
+        deadline = self.loop.time() + delay
+        if self._timer is not None and self._timer_at <= deadline:
+            return deadline
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(delay, self._timer_fired)
+        self._timer_at = deadline
+        return deadline
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        head, idle = self._head_deadline, self._idle_deadline
+        now = self.loop.time()
+        if head is not None and head <= now:
+            self._head_deadline = None
+            if not self.transport.is_closing():
+                if self._head_begun:
+                    self.transport.write(_REQUEST_TIMEOUT)
+                self.transport.close()
+        elif idle is not None and idle <= now:
+            self._idle_deadline = None
+            self.timeout_keep_alive_handler()
+        elif head is not None or idle is not None:
+            self._wake_by(min(d for d in (head, idle) if d is not None) - now)
 
 
 class OneWriteSend:
