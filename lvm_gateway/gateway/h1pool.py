@@ -340,14 +340,18 @@ class EndpointPool:
         headers: dict[str, str],
         limit: int,
         progress: Callable[[bool], None] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> Response:
         """Send one request; (status, headers, body) of its final response, body at most `limit`
         bytes. Raises the OSError family: ConnectionLostError, BadResponseError, connect errors.
+        `loop`: the running loop, when the caller has it at hand (each look-up is a getpid()
+        syscall on Python 3.11).
 
-        The caller bounds the time with a deadline (asyncio.timeout); a cancelled request closes
+        The caller bounds the time with a deadline (upstream.Deadline); a cancelled request closes
         its connection, since the response may still arrive on it.
         """
-        loop = asyncio.get_running_loop()
+        if loop is None:
+            loop = asyncio.get_running_loop()
         head = [method.encode(), b" ", (self.prefix + target).encode(), b" HTTP/1.1\r\nHost: ",
                 self.host_header, b"\r\n"]  # fmt: skip
         if body or method in _BODY_METHODS:
@@ -364,18 +368,19 @@ class EndpointPool:
         is_head = method == "HEAD"
         conn, reused = await self._acquire(loop, fresh=False)
         try:
-            return await self._exchange(conn, data, is_head, limit, rest, body, progress)
+            return await self._exchange(conn, loop, data, is_head, limit, rest, body, progress)
         except ConnectionLostError as exc:
             if not reused or exc.received:
                 raise
         # The server closed this idle connection as the request went out: nothing of an answer
         # came back, so send it again, once, on a new connection.
         conn, _ = await self._acquire(loop, fresh=True)
-        return await self._exchange(conn, data, is_head, limit, rest, body, progress)
+        return await self._exchange(conn, loop, data, is_head, limit, rest, body, progress)
 
     async def _exchange(
         self,
         conn: _Conn,
+        loop: asyncio.AbstractEventLoop,
         data: bytes,
         is_head: bool,
         limit: int,
@@ -384,7 +389,7 @@ class EndpointPool:
         progress: Callable[[bool], None] | None,
     ) -> Response:
         try:
-            waiter = conn.send(data, is_head, limit, asyncio.get_running_loop(), rest)
+            waiter = conn.send(data, is_head, limit, loop, rest)
             if isinstance(body, StreamedBody):
                 return await conn.stream(body, waiter, progress)
             return await waiter

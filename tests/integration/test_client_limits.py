@@ -77,6 +77,47 @@ def test_idle_and_trickling_clients_are_cut_off(stub: str, redis_url: str, tmp_p
             s.close()
 
 
+def test_a_keep_alive_connections_next_head_gets_the_whole_timeout(
+    stub: str, redis_url: str, tmp_path: Path
+) -> None:
+    """The head timer is armed once per connection and moved, not re-armed per request: a head
+    begun late on a reused connection still has the full timeout from its own start."""
+    with gateway(policy(stub), redis_url, tmp_path, "--client-header-timeout", "1") as gw:
+        s = connect(gw)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        time.sleep(0.6)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never finish the head
+        begun = time.monotonic()
+        closed, sent = closed_within(s, 4)
+        waited = time.monotonic() - begun
+        assert closed and sent.startswith(b"HTTP/1.1 408")
+        assert 0.8 < waited < 2.5, waited
+        s.close()
+
+
+@pytest.mark.parametrize(("head_s", "idle_s"), [(3, 1), (1, 2)])
+def test_the_keep_alive_wait_and_the_head_timeout_share_a_timer(
+    stub: str, redis_url: str, tmp_path: Path, head_s: int, idle_s: int
+) -> None:
+    """Idle after a response, a connection is closed after the keep-alive time whether that is
+    shorter than the head timeout (the timer must fire earlier than it was set for) or longer
+    (the head timer firing meanwhile must not close an idle connection)."""
+    extra = ("--client-header-timeout", str(head_s), "--keep-alive-timeout", str(idle_s))
+    with gateway(policy(stub), redis_url, tmp_path, *extra) as gw:
+        s = connect(gw)
+        for _ in range(2):  # the second request comes after the first head timer fired
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            time.sleep(1.3 if idle_s > 1.3 else 0.2)
+        idle_from = time.monotonic() - (1.3 if idle_s > 1.3 else 0.2)
+        closed, sent = closed_within(s, 5)
+        waited = time.monotonic() - idle_from
+        assert closed and sent == b""
+        assert idle_s - 0.3 < waited < idle_s + 1.5, waited
+        s.close()
+
+
 def test_connections_beyond_the_cap_get_a_503(stub: str, redis_url: str, tmp_path: Path) -> None:
     with gateway(policy(stub), redis_url, tmp_path, "--max-connections", "8") as gw:
         held = [connect(gw) for _ in range(8)]

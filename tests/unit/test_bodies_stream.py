@@ -53,6 +53,55 @@ def test_a_stalled_or_short_body_fails_its_readers_with_the_clients_error():
     assert short.status == 400 and "ended after 2 of its 4 bytes" in str(short)
 
 
+def test_a_buffered_body_is_read_whether_it_arrived_already_or_comes_in_pieces_later():
+    async def arrived() -> dict[str, Any]:  # no wait: read without arming a timer
+        return {"type": "http.request", "body": b"now", "more_body": False}
+
+    async def run(receive: Any) -> bytes:
+        async with BodyBudget(10_000, timeout_s=1.0).read(receive, 100) as body:
+            return body
+
+    assert asyncio.run(run(arrived)) == b"now"
+    # Several waits inside one receive(), values sent back into it along the way.
+    later = messages(b"ab", b"cd", b"ef")
+    assert asyncio.run(run(later)) == b"abcdef"
+
+
+def test_a_buffered_body_that_stalls_is_a_408_and_a_cancelled_read_stays_a_cancellation():
+    async def stalled() -> BadRequestError:
+        with pytest.raises(BadRequestError) as exc:
+            async with BodyBudget(10_000, timeout_s=0.1).read(messages(b"ab", stall=True), 100):
+                pass
+        return exc.value
+
+    assert asyncio.run(stalled()).status == 408
+
+    cleaned_up: list[bool] = []
+
+    async def slow() -> dict[str, Any]:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            cleaned_up.append(True)
+        raise AssertionError("unreachable: cancelled first")
+
+    async def cancelled() -> None:
+        budget = BodyBudget(10_000, timeout_s=5.0)
+
+        async def reader() -> None:
+            async with budget.read(slow, 100):
+                pass
+
+        task = asyncio.create_task(reader())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancelled())
+    assert cleaned_up == [True]
+
+
 def test_limits_are_answered_before_a_byte_is_forwarded():
     async def run(length: int, budget: int) -> int:
         try:

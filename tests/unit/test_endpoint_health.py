@@ -1,12 +1,18 @@
-"""Per-endpoint outlier detection and the retry budget, driven with explicit clock values."""
+"""Per-endpoint outlier detection and the retry budget, driven with explicit clock values; the
+per-attempt deadline."""
 
 from __future__ import annotations
+
+import asyncio
+
+import pytest
 
 from lvm_gateway.gateway.upstream import (
     BASE_EJECTION_S,
     CONSECUTIVE_ERRORS,
     FAILURE_WINDOW_S,
     RETRY_MAX_TOKENS,
+    Deadline,
     Endpoint,
     RetryBudget,
 )
@@ -76,3 +82,29 @@ def test_retry_budget_caps_retries_and_refills() -> None:
     assert not budget.withdraw(0.0)
     assert budget.withdraw(0.1)  # 10 a second from the clock
     assert not budget.withdraw(0.1)
+
+
+def test_a_deadline_behaves_as_asyncio_timeout() -> None:
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        with Deadline(loop, 1.0):  # not reached: the block's result stands
+            await asyncio.sleep(0)
+        with pytest.raises(TimeoutError), Deadline(loop, 0.02):
+            await asyncio.sleep(5)
+        assert asyncio.current_task().cancelling() == 0
+        with Deadline(loop, 0.02) as deadline:  # disarmed while the upstream is not awaited
+            deadline.reschedule(None)
+            await asyncio.sleep(0.05)
+            deadline.reschedule(loop.time() + 1.0)
+
+        async def cancelled_from_outside() -> None:
+            with Deadline(loop, 5.0):
+                await asyncio.sleep(5)
+
+        task = asyncio.create_task(cancelled_from_outside())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
