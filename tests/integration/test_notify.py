@@ -200,7 +200,15 @@ async def test_a_new_leader_resumes_where_the_old_one_stopped(
             await until(lambda: len(hooks["all"].bodies) >= 2, 10, "two events")
             async with controller(redis_url, prefix, "second", stats[1]):
                 first.set()  # the leader steps down; the standby takes the lease
-                await asyncio.sleep(0.3)
+                lease = redis.Redis.from_url(redis_url)
+                try:  # the transitions below are the new leader's to post, not a stopping one's
+                    await until(
+                        lambda: (lease.get(RedisKeys(prefix).leader) or b"").endswith(b":second"),
+                        10,
+                        "the standby leading",
+                    )
+                finally:
+                    lease.close()
                 await ops.resume(store, "phase2", "bob")
                 await ops.rollback(store, "phase2", None, "bob")
                 await until(lambda: len(hooks["all"].bodies) >= 4, 10, "four events")
