@@ -10,6 +10,7 @@ import pytest
 from lvm_gateway.config.load import parse_config
 from lvm_gateway.errors import BadRequestError
 from lvm_gateway.gateway.bodies import BodyBudget
+from tests.asynckit import cancel_after
 
 
 def messages(*chunks: bytes, stall: bool = False) -> Any:
@@ -92,11 +93,7 @@ def test_a_buffered_body_that_stalls_is_a_408_and_a_cancelled_read_stays_a_cance
             async with budget.read(slow, 100):
                 pass
 
-        task = asyncio.create_task(reader())
-        await asyncio.sleep(0.05)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_after(reader(), 0.05)
 
     asyncio.run(cancelled())
     assert cleaned_up == [True]
