@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lvm_gateway import termout
+from lvm_gateway.allocator import keep_body_pieces_on_the_heap
 from lvm_gateway.blas import limit_blas_threads
 from lvm_gateway.config.load import json_schema, load_config
 from lvm_gateway.errors import (
@@ -150,6 +151,7 @@ def serve(
     )
     os.environ[_ENV_CONTROLLER] = "1" if controller else "0"
     limit_blas_threads(1)  # this process and (through the environment) every worker
+    keep_body_pieces_on_the_heap()  # the same
     # This process's protocol class, and (through the environment) every worker's.
     os.environ[HEADER_TIMEOUT_ENV] = str(limits.header_timeout_s)
     GuardedHttpToolsProtocol.header_timeout_s = limits.header_timeout_s
