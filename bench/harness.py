@@ -20,6 +20,8 @@ from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit
 
+from rich.console import Console
+
 from lvm_gateway.procs import start, stop, wait_http
 
 # Small on purpose: the benchmark measures the proxy's per-request cost, not body copying.
@@ -280,3 +282,19 @@ def conditions() -> dict[str, object]:
         "nginx": versions["nginx"].strip().removeprefix("nginx version: "),
         "commit": commit,
     }
+
+
+def report_console() -> Console:
+    """A recording console wide enough for the tables even when piped (make, tee), where rich
+    would assume 80 columns."""
+    return Console(record=True, width=max(shutil.get_terminal_size().columns, 150))
+
+
+def conditions_line(cond: dict[str, object], rounds: int, duration: float) -> str:
+    """The conditions of a run in one line, printed before its table and stored with it."""
+    load = " ".join(f"{x:.2f}" for x in cond["loadavg_start"])  # type: ignore[attr-defined]
+    return (
+        f"nproc {cond['nproc']} ({cond['cpu']}), load average {load} at start; {cond['wrk']} -t1,"
+        f" nginx {cond['nginx']}, python {cond['python']}, commit {cond['commit']};"
+        f" {rounds} round(s) of {duration:.0f} s runs"
+    )

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,7 +32,16 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from bench.harness import Harness, Load, conditions, run_wrk, stop_on_signals, wrk_script
+from bench.harness import (
+    Harness,
+    Load,
+    conditions,
+    conditions_line,
+    report_console,
+    run_wrk,
+    stop_on_signals,
+    wrk_script,
+)
 from bench.proxy_bench import RESULTS, Bench, canary_config
 from lvm_gateway.contract import oip
 from lvm_gateway.procs import free_port
@@ -264,14 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     duration, rounds = (2.0, 1) if args.quick else (args.duration, args.rounds)
     sizes = tuple(int(s) for s in args.sizes.split(","))
-    console = Console(record=True, width=max(shutil.get_terminal_size().columns, 150))
+    console = report_console()
     cond = conditions()
-    setup = (
-        f"nproc {cond['nproc']} ({cond['cpu']}), load average "
-        f"{' '.join(f'{x:.2f}' for x in cond['loadavg_start'])} at start; {cond['wrk']} -t1, "
-        f"nginx {cond['nginx']}, python {cond['python']}, commit {cond['commit']}; "
-        f"{rounds} round(s) of {duration:.0f} s runs"
-    )
+    setup = conditions_line(cond, rounds, duration)
     console.print(f"[bold]conditions[/bold]: {setup}")
     try:
         with (

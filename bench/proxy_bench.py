@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -33,7 +32,16 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from bench.harness import REQUEST_BODY, Harness, Load, conditions, run_wrk, stop_on_signals
+from bench.harness import (
+    REQUEST_BODY,
+    Harness,
+    Load,
+    conditions,
+    conditions_line,
+    report_console,
+    run_wrk,
+    stop_on_signals,
+)
 from lvm_gateway.config.load import parse_config
 from lvm_gateway.policies.base import RequestInfo, RoutingView
 from lvm_gateway.procs import free_port
@@ -438,15 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     targets = [t for t in TARGETS if not wanted or any(s in t.name for s in wanted)]
     baseline = next(t.name for t in TARGETS if t.kind == "direct" and t.upstream == args.upstream)
 
-    # Wide enough for the table even when piped (make, tee), where rich would assume 80.
-    console = Console(record=True, width=max(shutil.get_terminal_size().columns, 150))
+    console = report_console()
     cond = conditions()
-    setup = (
-        f"nproc {cond['nproc']} ({cond['cpu']}), load average "
-        f"{' '.join(f'{x:.2f}' for x in cond['loadavg_start'])} at start; {cond['wrk']} -t1, "
-        f"nginx {cond['nginx']}, python {cond['python']}, commit {cond['commit']}; "
-        f"{rounds} round(s) of {duration:.0f} s runs; proxies forward to {baseline}"
-    )
+    setup = f"{conditions_line(cond, rounds, duration)}; proxies forward to {baseline}"
     console.print(f"[bold]conditions[/bold]: {setup}")
     rows: list[Row] = []
     try:
