@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 from lvm_gateway.errors import BadRequestError
 
@@ -125,3 +126,15 @@ def id_hits(clicked_id: str, neighbor_ids: Sequence[str]) -> dict[int, bool]:
 def is_empty_hit(neighbor_scores: Sequence[float]) -> bool:
     """The LVM plan's empty hit: no neighbours, or the best one below cosine 0.4."""
     return not neighbor_scores or max(neighbor_scores) < EMPTY_HIT_THRESHOLD
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object (`/infer`, `/v1/feedback`); BadRequestError
+    saying why otherwise."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestError(f"body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadRequestError("body must be a JSON object")
+    return doc

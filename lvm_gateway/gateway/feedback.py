@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
 import redis.asyncio as aioredis
 
 from lvm_gateway.config.spec import FeedbackSpec
-from lvm_gateway.contract.lvm import DIM, cosine, cosine_hits, id_hits
+from lvm_gateway.contract.lvm import DIM, cosine, cosine_hits, id_hits, json_object
 from lvm_gateway.contract.windows import FEEDBACK, HITS
 from lvm_gateway.errors import BadRequestError
 from lvm_gateway.gateway.dispatch import RecorderLike
@@ -51,12 +50,7 @@ class Score:
 
 
 def parse_feedback(body: bytes) -> Feedback:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequestError(f"body is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise BadRequestError("body must be a JSON object")
+    doc = json_object(body)
     unknown = set(doc) - {"request_id", "clicked_vector", "clicked_id", "token"}
     if unknown:
         raise BadRequestError(f"unknown field(s): {', '.join(sorted(unknown))}")

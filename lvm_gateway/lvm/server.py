@@ -30,7 +30,7 @@ from aiohttp import web
 from lvm_gateway import termout
 from lvm_gateway.blas import limit_blas_threads
 from lvm_gateway.contract import oip
-from lvm_gateway.contract.lvm import DIM, N_LANES, N_MODIFIERS, N_TASKS
+from lvm_gateway.contract.lvm import DIM, N_LANES, N_MODIFIERS, N_TASKS, json_object
 from lvm_gateway.errors import BadRequestError, LvmGatewayError
 from lvm_gateway.lvm.predictor import DEFAULT_DEGRADE_FACTOR, PROFILES, Predictor, analytic
 from lvm_gateway.lvm.world import World
@@ -45,12 +45,7 @@ DEFAULT_MODEL = "lvm"  # the v2 model name: POST /v2/models/lvm/infer
 
 def parse_infer_request(body: bytes) -> tuple[np.ndarray, tuple[int, int, int] | None]:
     """Validate an `/infer` body; the context as (n, 768) float32 and the TMD code if sent."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequestError(f"body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise BadRequestError("body must be a JSON object")
+    doc = json_object(body)
     ctx = doc.get("context_vectors")
     if not isinstance(ctx, list) or not ctx:
         raise BadRequestError("context_vectors must be a non-empty list of 768-d vectors")
