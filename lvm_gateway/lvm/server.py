@@ -1,8 +1,8 @@
 """`lvm-serve`: the reference LVM model server speaking the LVM project's wire protocol.
 
 Profiles `phase1`/`phase2` serve the analytic predictors of the synthetic world (or, with
-`--checkpoint`, a trained model) on aiohttp; `stub` is a raw asyncio protocol that answers every
-request with one constant valid response, as upstream for proxy benchmarks. Fault knobs
+`--checkpoint`, a trained model); `stub` answers every request with one constant valid response,
+as upstream for proxy benchmarks. Both speak HTTP/1.1 through `http1.Http1Server`. Fault knobs
 (`--latency-ms`, `--error-rate`, `--nan-rate`) apply to every profile.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import dataclasses
 import importlib
 import json
 import math
@@ -18,27 +19,25 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-import httptools
 import numpy as np
 import orjson
 import uvloop
-from aiohttp import web
 
 from lvm_gateway import termout
 from lvm_gateway.blas import limit_blas_threads
 from lvm_gateway.contract import oip
 from lvm_gateway.contract.lvm import DIM, N_LANES, N_MODIFIERS, N_TASKS, json_object
 from lvm_gateway.errors import BadRequestError, LvmGatewayError
+from lvm_gateway.lvm.http1 import Handler, Http1Server, Reply, Request, error_reply
 from lvm_gateway.lvm.predictor import DEFAULT_DEGRADE_FACTOR, PROFILES, Predictor, analytic
 from lvm_gateway.lvm.world import World
 
 _TMD_LIMITS = (N_LANES, N_TASKS, N_MODIFIERS)
 Closer = Callable[[], Any]
 _N_NEIGHBORS = 10
-_TIMER_SLACK_S = 0.0005  # half the event loop's timer resolution
 DEFAULT_MAX_BATCH = 16
 DEFAULT_MODEL = "lvm"  # the v2 model name: POST /v2/models/lvm/infer
 
@@ -119,7 +118,6 @@ class Faults:
 
 
 _ERROR_MESSAGE = "injected fault (--error-rate)"
-_ERROR_BODY = orjson.dumps({"error": _ERROR_MESSAGE})
 
 
 def _nan_body(payload: dict[str, Any]) -> bytes:
@@ -226,7 +224,8 @@ class MicroBatcher:
 
 
 class InferService:
-    """The `/infer` logic of the predictor profiles, apart from the HTTP framework."""
+    """The model servers' answers, apart from HTTP: each is due `latency_ms` after its request
+    arrived (the simulated GPU time, which covers the parsing and the work done here)."""
 
     def __init__(
         self,
@@ -242,32 +241,30 @@ class InferService:
         self.latency_s = latency_ms / 1000.0
         self.batcher = batcher
 
-    async def infer(self, body: bytes) -> tuple[int, bytes]:
-        """The LVM JSON protocol: (status, answer body)."""
-        t0 = time.perf_counter()
+    async def infer(self, request: Request) -> Reply:
+        """The LVM JSON protocol."""
         try:
-            context, tmd = parse_infer_request(body)
+            context, tmd = parse_infer_request(request.body)
         except BadRequestError as exc:
-            return exc.status, orjson.dumps({"error": str(exc)})
-        status, payload, fault = await self._predict(context, tmd, t0)
+            return error_reply(exc.status, str(exc))
+        status, payload, fault = await self._predict(context, tmd, request.received_at)
         if status != 200:
-            return status, orjson.dumps({"error": payload})
+            return self._due(request, error_reply(status, payload))
         if fault == "nan":
-            return 200, _nan_body(payload)
-        return 200, orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+            body = _nan_body(payload)
+        else:
+            body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+        return self._due(request, Reply(200, body))
 
-    async def infer_v2(
-        self, model: str, body: bytes, header_length: str | None
-    ) -> tuple[int, bytes, dict[str, str]]:
-        """The Open Inference Protocol: (status, answer body, content headers)."""
-        t0 = time.perf_counter()
+    async def infer_v2(self, request: Request, model: str) -> Reply:
+        """The Open Inference Protocol."""
         try:
-            head, context, tmd = parse_v2_request(body, header_length)
+            head, context, tmd = parse_v2_request(request.body, request.headers.get(_V2_LENGTH))
         except BadRequestError as exc:
-            return exc.status, oip.error_body(str(exc)), {"content-type": oip.JSON_TYPE}
-        status, payload, fault = await self._predict(context, tmd, t0)
+            return error_reply(exc.status, str(exc))
+        status, payload, fault = await self._predict(context, tmd, request.received_at)
         if status != 200:
-            return status, oip.error_body(payload), {"content-type": oip.JSON_TYPE}
+            return self._due(request, error_reply(status, payload))
         vec = payload["predicted_vector"]
         if fault == "nan":
             vec = vec.copy()
@@ -281,7 +278,11 @@ class InferService:
             head.id,
             {k: payload[k] for k in ("confidence", "latency_ms", "model_type")},
         )
-        return 200, *oip.encode_answer(answer, head.outputs, head.binary_outputs)
+        body, headers = oip.encode_answer(answer, head.outputs, head.binary_outputs)
+        return self._due(request, Reply(200, body, tuple(headers.items())))
+
+    def _due(self, request: Request, reply: Reply) -> Reply:
+        return dataclasses.replace(reply, not_before=request.received_at + self.latency_s)
 
     async def _predict(
         self, context: np.ndarray, tmd: tuple[int, int, int] | None, t0: float
@@ -289,7 +290,6 @@ class InferService:
         """(200, the answer's fields, the fault to inject) or (status, error message, None)."""
         fault = self.faults.draw()
         if fault == "error":
-            await self._pad(t0)
             return 500, _ERROR_MESSAGE, None
         if self.batcher is not None:
             try:
@@ -299,88 +299,65 @@ class InferService:
         else:
             vec = np.asarray(self.predictor.predict(context, tmd), dtype=np.float32)
         neighbors = self.world.neighbors(vec, _N_NEIGHBORS)
-        await self._pad(t0)
+        elapsed = time.perf_counter() - t0
         payload = {
             "predicted_vector": vec,
             "confidence": max(0.0, neighbors[0][1]),
-            "latency_ms": (time.perf_counter() - t0) * 1000.0,
+            "latency_ms": max(elapsed, self.latency_s) * 1000.0,
             "model_type": self.predictor.model_type,
             "neighbors": [{"id": cid, "score": score} for cid, score in neighbors],
         }
         return 200, payload, fault
 
-    async def _pad(self, t0: float) -> None:
-        """Simulate the model's latency: an answer takes `latency_ms` in all, to within half a
-        millisecond. uvloop rounds a timer to the nearest millisecond; sleeping again for what
-        is left below that would spin the loop (a sub-millisecond sleep returns at once) and
-        burn ~0.5 ms of CPU per answer, which a simulated GPU wait must not cost."""
-        while (remaining := self.latency_s - (time.perf_counter() - t0)) > _TIMER_SLACK_S:
-            await asyncio.sleep(remaining)
 
-
-def build_app(service: InferService, model: str = DEFAULT_MODEL) -> web.Application:
+def routes(service: InferService, model: str = DEFAULT_MODEL) -> Handler:
     """`/infer` (LVM JSON) and the Open Inference Protocol's REST endpoints for `model`."""
-    health = orjson.dumps({"status": "ok", "model_type": service.predictor.model_type})
-    metadata = orjson.dumps(oip.model_metadata(model, f"lvm-serve/{service.predictor.model_type}"))
-    server = orjson.dumps(
-        {"name": "lvm-serve", "version": "1", "extensions": ["binary_tensor_data"]}
+    health = Reply(200, orjson.dumps({"status": "ok", "model_type": service.predictor.model_type}))
+    metadata = Reply(
+        200,
+        orjson.dumps(oip.model_metadata(model, f"lvm-serve/{service.predictor.model_type}")),
     )
+    server = Reply(
+        200,
+        orjson.dumps({"name": "lvm-serve", "version": "1", "extensions": ["binary_tensor_data"]}),
+    )
+    ok, missing = Reply(200, b"", ()), Reply(404, b"", ())
 
-    async def infer(request: web.Request) -> web.Response:
-        status, body = await service.infer(await request.read())
-        return web.Response(status=status, body=body, content_type="application/json")
+    def unknown(name: str) -> Reply:
+        return error_reply(404, f"unknown model {name!r}; this server serves {model!r}")
 
-    async def healthz(_: web.Request) -> web.Response:
-        return web.Response(body=health, content_type="application/json")
-
-    def unknown(name: str) -> web.Response:
-        body = oip.error_body(f"unknown model {name!r}; this server serves {model!r}")
-        return web.Response(status=404, body=body, content_type="application/json")
-
-    async def infer_v2(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
+    def handle(request: Request) -> Reply | Awaitable[Reply]:
+        path, method = request.path, request.method
+        if path == "/infer":
+            return service.infer(request) if method == "POST" else _NOT_ALLOWED
+        if path == "/health":
+            return health if method == "GET" else _NOT_ALLOWED
+        if path in (oip.HEALTH_READY_PATH, oip.HEALTH_LIVE_PATH):
+            return ok if method == "GET" else _NOT_ALLOWED
+        if path == "/v2":
+            return server if method == "GET" else _NOT_ALLOWED
+        name, _, action = path.removeprefix(_V2_MODELS).partition("/")
+        if not path.startswith(_V2_MODELS) or not name or action not in ("", "ready", "infer"):
+            return error_reply(404, f"no such endpoint: {path}")
+        if method != ("POST" if action == "infer" else "GET"):
+            return _NOT_ALLOWED
+        if action == "ready":
+            return ok if name == model else missing
         if name != model:
             return unknown(name)
-        body = await request.read()
-        status, answer, headers = await service.infer_v2(
-            name, body, request.headers.get(oip.HEADER_LENGTH)
-        )
-        return web.Response(status=status, body=answer, headers=headers)
+        return service.infer_v2(request, name) if action == "infer" else metadata
 
-    async def model_metadata(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name != model:
-            return unknown(name)
-        return web.Response(body=metadata, content_type="application/json")
-
-    async def ready(request: web.Request) -> web.Response:
-        name = request.match_info.get("name", model)
-        return web.Response(status=200 if name == model else 404)
-
-    async def server_metadata(_: web.Request) -> web.Response:
-        return web.Response(body=server, content_type="application/json")
-
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_post("/infer", infer)
-    app.router.add_get("/health", healthz)
-    app.router.add_post("/v2/models/{name}/infer", infer_v2)
-    app.router.add_get("/v2/models/{name}", model_metadata)
-    app.router.add_get("/v2/models/{name}/ready", ready)
-    app.router.add_get(oip.HEALTH_READY_PATH, ready)
-    app.router.add_get(oip.HEALTH_LIVE_PATH, ready)
-    app.router.add_get("/v2", server_metadata)
-    return app
+    return handle
 
 
-def _http(status: int, body: bytes, keep_alive: bool = True) -> bytes:
-    reason = {200: "OK", 400: "Bad Request", 500: "Internal Server Error"}[status]
-    conn = b"" if keep_alive else b"Connection: close\r\n"
-    head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-    return head.encode() + conn + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+_V2_MODELS = "/v2/models/"
+_V2_LENGTH = oip.HEADER_LENGTH.lower()
+_NOT_ALLOWED = error_reply(405, "method not allowed")
+_MAX_BODY = 64 * 1024 * 1024
 
 
 class StubResponses:
-    """Every wire response the stub can give, encoded once at start-up."""
+    """Every answer the stub can give, encoded once at start-up."""
 
     def __init__(self, world: World, faults: Faults, latency_ms: float, dense: bool) -> None:
         if dense:  # a unit vector of 768 non-zero floats: a real model's ~9 KB answer
@@ -396,63 +373,22 @@ class StubResponses:
             "model_type": "stub",
             "neighbors": [{"id": c, "score": s} for c, s in world.neighbors(vec, _N_NEIGHBORS)],
         }
-        self.ok = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
-        self.nan = _nan_body(payload)
-        self.health = orjson.dumps({"status": "ok", "model_type": "stub"})
+        self.ok = Reply(200, orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY))
+        self.nan = Reply(200, _nan_body(payload))
+        self.error = error_reply(500, _ERROR_MESSAGE)
+        self.health = Reply(200, orjson.dumps({"status": "ok", "model_type": "stub"}))
         self.faults = faults
         self.latency_s = latency_ms / 1000.0
 
-    def pick(self, url: bytes) -> tuple[int, bytes]:
-        if url.startswith(b"/health"):
-            return 200, self.health
+    def handle(self, request: Request) -> Reply:
+        """Any request but `/health*` is an inference; the body is never read."""
+        if request.path.startswith("/health"):
+            return self.health
         fault = self.faults.draw()
-        if fault == "error":
-            return 500, _ERROR_BODY
-        return 200, self.nan if fault == "nan" else self.ok
-
-
-class StubProtocol(asyncio.Protocol):
-    """HTTP/1.1 keep-alive with pipelining; the body is never read, only framed by httptools."""
-
-    def __init__(self, responses: StubResponses) -> None:
-        self.responses = responses
-        self.parser = httptools.HttpRequestParser(self)
-        self.url = b""
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self._send(_http(400, b'{"error": "malformed HTTP request"}', False), close=True)
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_message_complete(self) -> None:
-        status, body = self.responses.pick(self.url)
-        self.url = b""
-        keep_alive = self.parser.should_keep_alive()
-        wire = _http(status, body, keep_alive)
-        if self.responses.latency_s > 0:
-            # Equal delays fire in order, so pipelined responses stay in request order.
-            loop = asyncio.get_running_loop()
-            loop.call_later(self.responses.latency_s, self._send, wire, not keep_alive)
-        else:
-            self._send(wire, not keep_alive)
-
-    def _send(self, wire: bytes, close: bool) -> None:
-        if self.transport is None:
-            return
-        self.transport.write(wire)
-        if close:
-            self.transport.close()
+        reply = self.error if fault == "error" else self.nan if fault == "nan" else self.ok
+        if self.latency_s > 0:
+            return dataclasses.replace(reply, not_before=request.received_at + self.latency_s)
+        return reply
 
 
 def _load_checkpoint(path: str) -> Predictor:
@@ -545,11 +481,14 @@ async def _listen(args: argparse.Namespace, world: World) -> tuple[str, int, Clo
     if latency is None:
         latency = profile.latency_ms if profile else 0.0
     faults = Faults(args.error_rate, args.nan_rate, args.seed)
+    loop = asyncio.get_running_loop()
     if profile is None:
         responses = StubResponses(world, faults, latency, args.dense)
-        loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: StubProtocol(responses), args.host, args.port, backlog=1024
+            lambda: Http1Server(responses.handle, _MAX_BODY, read_bodies=False),
+            args.host,
+            args.port,
+            backlog=1024,
         )
         return "stub", server.sockets[0].getsockname()[1], server.close
     batcher = None
@@ -566,13 +505,13 @@ async def _listen(args: argparse.Namespace, world: World) -> tuple[str, int, Clo
     else:
         degrade = {lane: args.degrade_factor for lane in args.degrade_lane}
         predictor = analytic(profile.name, world, degrade)
-    service = InferService(predictor, world, faults, latency, batcher)
-    runner = web.AppRunner(build_app(service, args.model_name))
-    await runner.setup()
-    await web.TCPSite(runner, args.host, args.port, backlog=1024).start()
+    handler = routes(InferService(predictor, world, faults, latency, batcher), args.model_name)
+    server = await loop.create_server(
+        lambda: Http1Server(handler, _MAX_BODY), args.host, args.port, backlog=1024
+    )
 
     async def close() -> None:
-        await runner.cleanup()
+        server.close()
         if batcher is not None:
             batcher.close()
             print(
@@ -582,7 +521,7 @@ async def _listen(args: argparse.Namespace, world: World) -> tuple[str, int, Clo
                 flush=True,
             )
 
-    return predictor.model_type, runner.addresses[0][1], close
+    return predictor.model_type, server.sockets[0].getsockname()[1], close
 
 
 def _set_torch_threads(n: int) -> None:

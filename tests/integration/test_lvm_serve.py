@@ -142,6 +142,97 @@ def test_degraded_lane_changes_only_that_lanes_answers(phase2, world):
             assert (good_vec == bad_vec) is (lane != 5)
 
 
+# -- its HTTP/1.1 (lvm/http1.py), spoken over raw sockets -------------------------------------
+
+
+def exchange(url: str, wire: bytes, answers: int) -> list[tuple[bytes, bytes]]:
+    """Send `wire` on one connection; the first `answers` responses as (head, body)."""
+    port = int(url.rsplit(":", 1)[1])
+    out: list[tuple[bytes, bytes]] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(wire)
+        data = b""
+        while len(out) < answers:
+            if b"\r\n\r\n" in data:
+                head, rest = data.split(b"\r\n\r\n", 1)
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                if len(rest) >= length:
+                    out.append((head, rest[:length]))
+                    data = rest[length:]
+                    continue
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+    return out
+
+
+def test_pipelined_requests_are_answered_in_order(phase2, world):
+    body = orjson.dumps(context_body(world))
+    infer = b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    health = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    # The slow answer first: the health check behind it must wait its turn.
+    answers = exchange(phase2, infer + body + health + infer + body, 3)
+    assert [orjson.loads(b).get("model_type") for _, b in answers] == ["phase2"] * 3
+    assert "predicted_vector" in orjson.loads(answers[0][1])
+    assert orjson.loads(answers[1][1]) == {"status": "ok", "model_type": "phase2"}
+    assert "predicted_vector" in orjson.loads(answers[2][1])
+
+
+def test_chunked_and_expect_continue_bodies_are_read(phase2, world):
+    body = orjson.dumps(context_body(world))
+    half = len(body) // 2
+    chunked = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (
+        half,
+        body[:half],
+        len(body) - half,
+        body[half:],
+    )
+    wire = b"POST /infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked
+    [(head, answer)] = exchange(phase2, wire, 1)
+    assert head.startswith(b"HTTP/1.1 200") and "predicted_vector" in orjson.loads(answer)
+    port = int(phase2.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(
+            b"POST /infer HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"  # sent before the body
+        s.sendall(body)
+        assert s.recv(100).startswith(b"HTTP/1.1 200 OK")
+
+
+@pytest.mark.parametrize(
+    ("wire", "status", "message"),
+    [
+        (b"GET /infer HTTP/1.1\r\nHost: x\r\n\r\n", b"405", "method not allowed"),
+        (b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", b"404", "no such endpoint: /nope"),
+        (b"GET /v2/models/x/y HTTP/1.1\r\nHost: x\r\n\r\n", b"404", "no such endpoint"),
+        (b"GET /v2/models/other HTTP/1.1\r\nHost: x\r\n\r\n", b"404", "unknown model"),
+        (b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n", b"413",
+         "request body over 67108864 bytes"),
+        (b"NOT HTTP AT ALL\r\n\r\n", b"400", "malformed HTTP request"),
+    ],
+)  # fmt: skip
+def test_bad_requests_get_a_status_and_a_message(phase2, wire, status, message):
+    [(head, answer)] = exchange(phase2, wire, 1)
+    assert head.split(b" ")[1] == status
+    assert message in orjson.loads(answer)["error"]
+
+
+def test_connection_close_is_honoured_and_a_broken_request_ends_the_connection(phase2):
+    port = int(phase2.rsplit(":", 1)[1])
+    health = b"GET /health HTTP/1.1\r\nHost: x\r\n"
+    for wire in (health + b"Connection: close\r\n\r\n", health + b"\r\nBROKEN\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(wire)
+            data = b""
+            while chunk := s.recv(65536):  # the server closes: recv returns b""
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200 OK") and b"connection: close" not in data[:20]
+        assert data.count(b"HTTP/1.1 ") == (1 if b"BROKEN" not in wire else 2)
+
+
 @pytest.fixture(scope="module")
 def stub() -> Iterator[str]:
     with model_server("stub") as url:
