@@ -150,7 +150,7 @@ def serve(
         else None
     )
     os.environ[_ENV_CONTROLLER] = "1" if controller else "0"
-    limit_blas_threads(1)  # this process and (through the environment) every worker
+    limit_blas_threads()  # this process and (through the environment) every worker
     keep_body_pieces_on_the_heap()  # the same
     # This process's protocol class, and (through the environment) every worker's.
     os.environ[HEADER_TIMEOUT_ENV] = str(limits.header_timeout_s)

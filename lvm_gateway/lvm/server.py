@@ -438,8 +438,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="numpy BLAS threads, and torch intra-op threads with --checkpoint",
+        help="numpy BLAS threads, and torch intra-op threads with --checkpoint (default:"
+        " $OPENBLAS_NUM_THREADS, $OMP_NUM_THREADS or $MKL_NUM_THREADS, else 1)",
     )
     p.add_argument(
         "--dense", action="store_true", help="stub: a dense ~9 KB answer, as a real model's"
@@ -470,7 +470,7 @@ def _check(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
         p.error("--max-batch must be >= 1")
     if args.batch_window_ms < 0:
         p.error("--batch-window-ms must be >= 0")
-    if args.threads < 1:
+    if args.threads is not None and args.threads < 1:
         p.error("--threads must be >= 1")
 
 
@@ -553,7 +553,7 @@ def main(argv: list[str] | None = None) -> None:
     p = _parser()
     args = p.parse_args(argv)
     _check(args, p)
-    limit_blas_threads(args.threads)
+    args.threads = limit_blas_threads(args.threads)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(_serve(args))
 

@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     except TrafficError as exc:
         p.error(str(exc))
-    limit_blas_threads(1)
+    limit_blas_threads()
     console = termout.console()
     try:
         with (
