@@ -103,15 +103,15 @@ class AdminSettings:
 
 
 def start_admin(
-    settings: AdminSettings, redis_url: str, prefix: str, log_level: str
+    settings: AdminSettings, redis_url: str, prefix: str, log_level: str, log_format: str
 ) -> AdminServer:
     """The status page and its API on their own port, once per serve (not per worker)."""
-    from lvm_gateway.admin.app import AdminApp, check_token
+    from lvm_gateway.admin.app import check_token
     from lvm_gateway.admin.server import AdminServer
 
     token = check_token(os.environ.get(settings.token_env), f"${settings.token_env}")
     server = AdminServer(
-        AdminApp(redis_url, prefix, token), settings.host, settings.port, log_level
+        redis_url, prefix, token, settings.host, settings.port, log_level, log_format
     )
     server.start()
     mode = "actions need the token" if token else f"read-only (${settings.token_env} is not set)"
@@ -145,7 +145,7 @@ def serve(
     os.environ[_ENV_CONFIG] = os.path.abspath(config_path)
     os.environ[_ENV_REDIS] = redis_url
     admin_server = (
-        start_admin(admin, redis_url, config.spec.redis_prefix, log_level)
+        start_admin(admin, redis_url, config.spec.redis_prefix, log_level, log_format)
         if admin is not None
         else None
     )

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import redis
 import schemathesis
@@ -241,3 +242,29 @@ def test_with_workers_one_admin_server_runs_beside_them(redis_url: str, tmp_path
     log = (tmp_path / "serve.log").read_text()
     assert log.count("status page on http://127.0.0.1:") == 1
     assert log.count("Started server process") == 3  # two workers and the admin server
+
+
+def test_the_page_runs_in_its_own_process_and_dies_with_the_gateway(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Rendering the page must not hold the data plane's GIL; a SIGKILLed gateway must not leave
+    the page running without it."""
+    policy = write_policy(tmp_path / "p.yaml", "admproc")
+    port, admin_port = free_port(), free_port()
+    proc = start(
+        ["lvm-gateway", "serve", "--config", str(policy), "--port", str(port),
+         "--redis", redis_url, "--admin-port", str(admin_port)],
+        health_url=f"http://127.0.0.1:{port}/readyz", log=tmp_path / "serve.log",
+    )  # fmt: skip
+    try:
+        children = psutil.Process(proc.pid).children()
+        page = [c for c in children if "lvm_gateway.admin.server" in " ".join(c.cmdline())]
+        assert len(page) == 1, [c.cmdline() for c in children]
+        assert redis_url not in " ".join(page[0].cmdline())  # a password never in `ps`
+        listed = httpx.get(f"http://127.0.0.1:{admin_port}/api/v1/rollouts", timeout=10)
+        assert listed.status_code == 200
+        proc.kill()
+        proc.wait(5)
+        page[0].wait(5)  # psutil.TimeoutExpired if it outlived its gateway
+    finally:
+        stop(proc)
