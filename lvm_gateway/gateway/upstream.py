@@ -56,7 +56,9 @@ _EARLY_S = 0.001  # a loop timer may fire this much before its time (uvloop: mil
 _COMPACT_MIN = 1024  # DeadlineClock: queue length that first triggers a compaction
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though never changed: built per request, and a frozen dataclass's __init__
+# (object.__setattr__ per field) costs ~3x as much.
+@dataclass(slots=True)
 class UpstreamResponse:
     status: int
     body: bytes
