@@ -135,7 +135,7 @@ def serve(
 ) -> None:
     import uvicorn
 
-    from lvm_gateway.gateway.server import HEADER_TIMEOUT_ENV, GuardedHttpToolsProtocol
+    from lvm_gateway.gateway.server import HEADER_TIMEOUT_ENV, GatewayHttpProtocol
     from lvm_gateway.redisconn import redact_url, resolve_redis_url
 
     log_config = dict_config(log_level, log_format)
@@ -154,7 +154,7 @@ def serve(
     keep_body_pieces_on_the_heap()  # the same
     # This process's protocol class, and (through the environment) every worker's.
     os.environ[HEADER_TIMEOUT_ENV] = str(limits.header_timeout_s)
-    GuardedHttpToolsProtocol.header_timeout_s = limits.header_timeout_s
+    GatewayHttpProtocol.header_timeout_s = limits.header_timeout_s
     log.info(
         "lvm-gateway %s on http://%s:%d: config %s, Redis %s, prefix %s, %d worker(s), %s",
         termout.version(), host, port, os.path.abspath(config_path), redact_url(redis_url),
@@ -174,7 +174,7 @@ def serve(
             port=port,
             workers=workers if workers > 1 else None,
             loop="uvloop",
-            http="lvm_gateway.gateway.server:GuardedHttpToolsProtocol",
+            http="lvm_gateway.gateway.server:GatewayHttpProtocol",
             timeout_keep_alive=limits.keep_alive_s,
             # The gateway appends the peer to X-Forwarded-For itself; uvicorn rewriting the client
             # address from that header (its default for 127.0.0.1) would repeat a client's claim.

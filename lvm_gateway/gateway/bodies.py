@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from types import CoroutineType
 from typing import Any
 
 from lvm_gateway.errors import BadRequestError
@@ -104,7 +105,8 @@ class BodyBudget:
         # `asyncio.timeout` per message was the largest single item of a small request's CPU
         # (py-spy; its three running-loop look-ups are each a getpid() syscall on 3.11).
         pending = receive()
-        if isinstance(pending, Coroutine):
+        # The concrete type: an isinstance check against the Coroutine ABC costs ~0.15 us more.
+        if isinstance(pending, CoroutineType):
             try:
                 waiting_on = pending.send(None)
             except StopIteration as done:

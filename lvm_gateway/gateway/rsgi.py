@@ -7,7 +7,7 @@ uvicorn runs: a small body arrives in one `await protocol()` call, a larger one 
 (`async for`), which the app forwards as it arrives when it streams (gateway/bodies.py). The
 answer goes back in one `response_bytes` call.
 
-Client limits differ: gateway/server.py's request-head timeout is uvicorn's protocol class;
+Client limits differ: gateway/server.py's request-head timeout is in its own protocol under uvicorn;
 under granian its own `http1` settings apply (`lvm-gateway serve --server granian`, serve.py).
 """
 

@@ -98,7 +98,9 @@ class RequestInfo:
         return lane_name(codes[0] if codes is not None else None)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though never changed: built per request, and a frozen dataclass's __init__
+# (object.__setattr__ per field) costs ~3x as much.
+@dataclass(slots=True)
 class RoutingView:
     """The dynamic state a decision may depend on, frozen for one request."""
 
@@ -111,7 +113,9 @@ class RoutingView:
     mirror_draw: float = 1.0  # an independent draw for mirroring decisions
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though never changed: built per request, and a frozen dataclass's __init__
+# (object.__setattr__ per field) costs ~3x as much.
+@dataclass(slots=True)
 class Decision:
     variant: str  # the leaf that serves the client
     fallback: str | None = None  # served instead when `variant` fails or its circuit is open

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Annotated
 
 from pydantic import BeforeValidator, Field
@@ -87,19 +87,12 @@ class Canary:
         mirror = self._mirror(req, view)
         chosen = self.canary.decide(req, view) if position < weight else None
         if chosen is None:
-            return replace(stable, mirror=mirror or stable.mirror, rollout=self.rollout)
+            return _routed(stable, stable.fallback, mirror, self.rollout, stable.diverted)
         if chosen.variant in view.open_circuits:
             # The stable subtree serves a canary user, and the canary is charged for it.
-            return replace(
-                stable,
-                mirror=mirror or stable.mirror,
-                rollout=self.rollout,
-                diverted=chosen.variant,
-            )
+            return _routed(stable, stable.fallback, mirror, self.rollout, chosen.variant)
         fallback = stable.variant if stable.variant != chosen.variant else chosen.fallback
-        return replace(
-            chosen, fallback=fallback, mirror=mirror or chosen.mirror, rollout=self.rollout
-        )
+        return _routed(chosen, fallback, mirror, self.rollout, chosen.diverted)
 
     def _mirror(self, req: RequestInfo, view: RoutingView) -> Decision | None:
         # A rollout's shadow step mirrors a share of traffic to the canary subtree (a variant or
@@ -139,3 +132,18 @@ def _build(p: CanaryParams, ctx: BuildContext, path: str) -> Canary:
 
 
 PLUGIN = register(PolicyPlugin("canary", CanaryParams, _build))
+
+
+def _routed(
+    d: Decision,
+    fallback: str | None,
+    mirror: Decision | None,
+    rollout: str | None,
+    diverted: str | None,
+) -> Decision:
+    """`d` as this split routes it: dataclasses.replace, built directly (replace costs ~1 us
+    more, on every request)."""
+    return Decision(
+        d.variant, fallback, mirror or d.mirror, d.fanout, d.experts, d.deadline_s, rollout,
+        d.masked, diverted,
+    )  # fmt: skip

@@ -13,6 +13,7 @@ from lvm_gateway.gateway.upstream import (
     FAILURE_WINDOW_S,
     RETRY_MAX_TOKENS,
     Deadline,
+    DeadlineClock,
     Endpoint,
     RetryBudget,
 )
@@ -103,5 +104,35 @@ def test_a_deadline_behaves_as_asyncio_timeout() -> None:
                 await asyncio.sleep(5)
 
         await cancel_after(cancelled_from_outside(), 0.01)
+
+    asyncio.run(run())
+
+
+def test_deadlines_on_a_shared_clock_expire_each_on_time() -> None:
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        clock = DeadlineClock(loop)
+
+        async def call(delay: float, work_s: float, move: bool = False) -> str:
+            try:
+                with Deadline(loop, delay, clock) as deadline:
+                    if move:  # a streamed body's deadline leaves the clock
+                        deadline.reschedule(loop.time() + 0.02)
+                    await asyncio.sleep(work_s)
+            except TimeoutError:
+                return "timeout"
+            return "done"
+
+        # Fast calls finish under the slow ones' deadlines (which fire in order), a moved
+        # deadline keeps its own time, and 3,000 finished calls behind a live one are compacted.
+        slow = asyncio.gather(call(0.05, 5), call(0.08, 5), call(5.0, 0.03, move=True))
+        fast = [await call(0.05, 0) for _ in range(3000)]
+        t0 = loop.time()
+        assert await slow == ["timeout", "timeout", "timeout"]
+        assert loop.time() - t0 < 0.2
+        assert fast == ["done"] * 3000
+        assert len(clock._pending) < 3000
+        assert await call(0.01, 0.2) == "timeout"  # the clock arms itself again when idle
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
 
     asyncio.run(run())
