@@ -13,6 +13,7 @@ every rollout, its version and its history.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -308,3 +309,14 @@ def resolve_redis_url(explicit: str | None, start_embedded: bool = True) -> str:
         f"no Redis to read from: --redis not given, REDIS_URL unset, and no embedded "
         f"redis-server answers at {emb.socket} (set LVM_GATEWAY_HOME to look elsewhere)"
     )
+
+
+def reraise_cancellation(exc: BaseException) -> None:
+    """In a loop that retries on Redis errors, re-raise a cancellation a library turned into its
+    own error (on 3.11 an `asyncio.timeout` that expires as its task is cancelled can raise
+    TimeoutError, and redis-py times its reads so). Retried as a Redis error, the cancel is lost
+    and stopping the loop waits forever: the likely cause of a notifier hang seen twice under
+    load in the test suite. The task still counts the request."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc

@@ -61,7 +61,7 @@ from lvm_gateway.gateway.records import PredictionRecords
 from lvm_gateway.gateway.reload import ConfigWatcher
 from lvm_gateway.gateway.upstream import UpstreamPool, error_body
 from lvm_gateway.policies.base import Decision, RequestInfo, RoutingView
-from lvm_gateway.redisconn import open_client
+from lvm_gateway.redisconn import open_client, reraise_cancellation
 
 log = logging.getLogger("lvm_gateway")
 
@@ -276,6 +276,7 @@ class GatewayApp:
             try:
                 await self.records.flush(self.redis)
             except (RedisError, OSError) as exc:
+                reraise_cancellation(exc)
                 if not failing:
                     log.warning("prediction records not flushed, will retry: %s", exc)
                 failing = True
@@ -294,6 +295,7 @@ class GatewayApp:
                 await self.redis.set(key_name, os.urandom(32).hex(), nx=True)
                 key = await self.redis.get(key_name)
             except (RedisError, OSError) as exc:
+                reraise_cancellation(exc)
                 log.debug("feedback token key waits for Redis: %s", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)

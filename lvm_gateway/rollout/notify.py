@@ -45,7 +45,7 @@ from lvm_gateway.contract.keys import HISTORY_MAXLEN, RedisKeys
 from lvm_gateway.contract.rollout import Actor, Phase
 from lvm_gateway.errors import NotLeaderError
 from lvm_gateway.logfmt import iso_time
-from lvm_gateway.redisconn import text
+from lvm_gateway.redisconn import reraise_cancellation, text
 
 log = logging.getLogger(__name__)
 
@@ -153,17 +153,6 @@ class DeliveryStats:
         self.counts[(target, event, outcome)] += 1
 
 
-def _honour_cancellation(exc: BaseException) -> None:
-    """Re-raise a cancellation that a library turned into its own error (on 3.11 an
-    `asyncio.timeout` that expires as its task is cancelled can raise TimeoutError, and redis-py
-    times its reads so). Caught as a Redis error and retried, the cancel is lost and stopping the
-    notifier waits forever: the likely cause of a hang seen twice under load in the test suite.
-    The task still counts the request."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError from exc
-
-
 class Notifier:
     """Runs while its controller leads: one task per configured webhook."""
 
@@ -203,7 +192,7 @@ class Notifier:
                     try:
                         targets = await self._targets()
                     except (RedisError, OSError) as exc:
-                        _honour_cancellation(exc)
+                        reraise_cancellation(exc)
                         log.debug("notifications wait for Redis: %s", exc)
                         targets = None
                     if targets is not None:
@@ -245,12 +234,12 @@ class Notifier:
             except NotLeaderError:
                 return  # the controller stops this notifier on its next tick
             except (RedisError, OSError) as exc:
-                _honour_cancellation(exc)
+                reraise_cancellation(exc)
                 log.warning("notifications to %s wait for Redis: %s", target.label, exc)
                 await asyncio.sleep(backoff * random.uniform(1.0, 1.5))
                 backoff = min(backoff * 2, self.max_backoff_s)
             except Exception as exc:
-                _honour_cancellation(exc)
+                reraise_cancellation(exc)
                 # A malformed history entry must not stop this webhook's notifications for good.
                 log.exception("notifications to %s failed; retrying", target.label)
                 await asyncio.sleep(self.max_backoff_s)

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from lvm_gateway.config.load import Config
 from lvm_gateway.errors import RolloutError
-from lvm_gateway.redisconn import open_client
+from lvm_gateway.redisconn import open_client, reraise_cancellation
 from lvm_gateway.rollout.agent.recorder import WindowRecorder
 from lvm_gateway.rollout.agent.snapshot import Pair, RolloutSnapshot
 from lvm_gateway.rollout.controller import run_controller
@@ -142,6 +142,7 @@ class RolloutDataPlane:
                 backoff = 0.1
                 await asyncio.sleep(self.recheck_interval_s)
             except (RedisError, OSError) as exc:
+                reraise_cancellation(exc)
                 log.debug("registering rollouts waits for Redis: %s", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -160,6 +161,7 @@ class RolloutDataPlane:
                     names = list(self.snapshot.weights)
                     self.analyses = MappingProxyType(await self._store.analyses(names))
             except (RedisError, OSError) as exc:
+                reraise_cancellation(exc)
                 log.debug("window flush deferred: %s", exc)
 
     async def stop(self) -> None:

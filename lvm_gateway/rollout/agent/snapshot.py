@@ -31,7 +31,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from lvm_gateway.contract.rollout import Phase, RolloutStatus
-from lvm_gateway.redisconn import open_client
+from lvm_gateway.redisconn import open_client, reraise_cancellation
 from lvm_gateway.rollout.store import RolloutStore
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,7 @@ class RolloutSnapshot:
                 backoff = 0.05
                 await self._follow(store, pubsub, epoch)
             except (RedisError, OSError) as exc:
+                reraise_cancellation(exc)
                 if self.connected:
                     log.warning("rollout snapshot lost Redis (%s); keeping last weights", exc)
                 self.connected = False
