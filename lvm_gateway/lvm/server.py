@@ -249,22 +249,24 @@ class InferService:
             return error_reply(exc.status, str(exc))
         status, payload, fault = await self._predict(context, tmd, request.received_at)
         if status != 200:
-            return self._due(request, error_reply(status, payload))
+            return _due(error_reply(status, payload), request, self.latency_s)
         if fault == "nan":
             body = _nan_body(payload)
         else:
             body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
-        return self._due(request, Reply(200, body))
+        return _due(Reply(200, body), request, self.latency_s)
 
     async def infer_v2(self, request: Request, model: str) -> Reply:
         """The Open Inference Protocol."""
         try:
-            head, context, tmd = parse_v2_request(request.body, request.headers.get(_V2_LENGTH))
+            head, context, tmd = parse_v2_request(
+                request.body, request.headers.get(oip.HEADER_LENGTH)
+            )
         except BadRequestError as exc:
             return error_reply(exc.status, str(exc))
         status, payload, fault = await self._predict(context, tmd, request.received_at)
         if status != 200:
-            return self._due(request, error_reply(status, payload))
+            return _due(error_reply(status, payload), request, self.latency_s)
         vec = payload["predicted_vector"]
         if fault == "nan":
             vec = vec.copy()
@@ -279,10 +281,7 @@ class InferService:
             {k: payload[k] for k in ("confidence", "latency_ms", "model_type")},
         )
         body, headers = oip.encode_answer(answer, head.outputs, head.binary_outputs)
-        return self._due(request, Reply(200, body, tuple(headers.items())))
-
-    def _due(self, request: Request, reply: Reply) -> Reply:
-        return dataclasses.replace(reply, not_before=request.received_at + self.latency_s)
+        return _due(Reply(200, body, tuple(headers.items())), request, self.latency_s)
 
     async def _predict(
         self, context: np.ndarray, tmd: tuple[int, int, int] | None, t0: float
@@ -312,7 +311,7 @@ class InferService:
 
 def routes(service: InferService, model: str = DEFAULT_MODEL) -> Handler:
     """`/infer` (LVM JSON) and the Open Inference Protocol's REST endpoints for `model`."""
-    health = Reply(200, orjson.dumps({"status": "ok", "model_type": service.predictor.model_type}))
+    health = _health(service.predictor.model_type)
     metadata = Reply(
         200,
         orjson.dumps(oip.model_metadata(model, f"lvm-serve/{service.predictor.model_type}")),
@@ -351,7 +350,6 @@ def routes(service: InferService, model: str = DEFAULT_MODEL) -> Handler:
 
 
 _V2_MODELS = "/v2/models/"
-_V2_LENGTH = oip.HEADER_LENGTH.lower()
 _NOT_ALLOWED = error_reply(405, "method not allowed")
 _MAX_BODY = 64 * 1024 * 1024
 
@@ -376,7 +374,7 @@ class StubResponses:
         self.ok = Reply(200, orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY))
         self.nan = Reply(200, _nan_body(payload))
         self.error = error_reply(500, _ERROR_MESSAGE)
-        self.health = Reply(200, orjson.dumps({"status": "ok", "model_type": "stub"}))
+        self.health = _health("stub")
         self.faults = faults
         self.latency_s = latency_ms / 1000.0
 
@@ -386,9 +384,19 @@ class StubResponses:
             return self.health
         fault = self.faults.draw()
         reply = self.error if fault == "error" else self.nan if fault == "nan" else self.ok
-        if self.latency_s > 0:
-            return dataclasses.replace(reply, not_before=request.received_at + self.latency_s)
+        return _due(reply, request, self.latency_s)
+
+
+def _due(reply: Reply, request: Request, latency_s: float) -> Reply:
+    """`reply`, sent no sooner than `latency_s` after its request's last byte: the simulated
+    model time, covering the work done before it."""
+    if latency_s <= 0:
         return reply
+    return dataclasses.replace(reply, not_before=request.received_at + latency_s)
+
+
+def _health(model_type: str) -> Reply:
+    return Reply(200, orjson.dumps({"status": "ok", "model_type": model_type}))
 
 
 def _load_checkpoint(path: str) -> Predictor:
