@@ -192,7 +192,8 @@ class Http1Server(asyncio.Protocol):
         if self._last is not None and not self._queue:
             self._fail_now(self._last)
             return
-        if self._paused and len(self._queue) < _QUEUE_LIMIT // 2:
+        # Never resumed while a broken request's answer waits: its parser must not be fed again.
+        if self._paused and self._last is None and len(self._queue) < _QUEUE_LIMIT // 2:
             self._paused = False
             self.transport.resume_reading()
         self._next()
@@ -203,7 +204,7 @@ class Http1Server(asyncio.Protocol):
         if self.transport is None:
             return
         self._last = error_reply(status, message)
-        if self._busy or self._queue:
+        if self._queue:  # the requests before it are answered first
             self.transport.pause_reading()
         else:
             self._fail_now(self._last)
