@@ -72,7 +72,7 @@ _JSON = b"application/json"
 
 Headers = tuple[tuple[bytes, bytes], ...]
 # Smaller bodies arrive in one ASGI message anyway: streaming them would only add overhead.
-STREAM_MIN_BYTES = 64 * 1024
+STREAM_MIN_BYTES = int(os.environ.get("XSTREAM", 64 * 1024))
 # A fixed endpoint: (scope, receive) -> (status, body, content type, extra headers).
 Endpoint = Callable[[Scope, Receive], Awaitable[tuple[int, bytes, bytes]]]
 

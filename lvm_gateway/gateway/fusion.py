@@ -23,16 +23,16 @@ def fuse(answered: list[tuple[str, float, Prediction]]) -> tuple[dict[str, Any],
     vec = np.zeros(len(answered[0][2].values), dtype=np.float64)
     merged: dict[str, float] = {}
     for w, (_, _, pred) in zip(weights, answered, strict=True):
-        vec += w * np.asarray(pred.values, dtype=np.float64)
+        vec += w * pred.values
         for nid, score in pred.neighbors:
             merged[nid] = merged.get(nid, 0.0) + w * score
     norm = float(np.linalg.norm(vec))
     if norm > 0:
         vec /= norm
     top = sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_NEIGHBORS]
-    values = vec.astype(np.float32).tolist()
+    values = vec.astype(np.float32)
     doc = {
-        "predicted_vector": values,
+        "predicted_vector": values.tolist(),
         "confidence": float(np.clip(norm, 0.0, 1.0)),  # agreement of the experts' directions
         "model_type": "tmd_mixture",
         "neighbors": [{"id": i, "score": round(s, 6)} for i, s in top],

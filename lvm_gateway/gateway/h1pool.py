@@ -212,9 +212,10 @@ class _Conn(asyncio.Protocol):
         self._size = 0
         self._received = False
         assert self.transport is not None
-        self.transport.write(data)
         if body:
-            self.transport.write(body)
+            self.transport.writelines((data, body))
+        else:
+            self.transport.write(data)
         return waiter
 
     async def stream(

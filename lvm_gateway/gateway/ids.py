@@ -1,7 +1,10 @@
 """Request ids and feedback tokens: what ties a feedback post to the one answer it scores.
 
 Every request gets the gateway's own id (96 random bits); prediction records are keyed by it, so
-two clients sending the same `X-Request-Id` can never share a record. A client's id is kept for
+two clients sending the same `X-Request-Id` can never share a record. The bits come from a
+generator seeded from the OS once per process (and again after a fork), not from a getrandom()
+syscall per request: an id must be unique, not secret, since a feedback post needs the id's
+token, an HMAC only the gateway can compute. A client's id is kept for
 tracing (echoed in `X-Request-Id`, forwarded upstream, stored in the record) when it is 1-128
 characters of `[A-Za-z0-9._:-]`; anything else is a 400, never stored or echoed re-encoded.
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import random
 import re
 
 from lvm_gateway.errors import BadRequestError
@@ -25,8 +29,19 @@ _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _MAC_HEX = 32  # 128 bits of the HMAC are enough to make forging hopeless
 
 
+_bits = random.Random(os.urandom(32)).getrandbits
+
+
+def _reseed() -> None:
+    global _bits
+    _bits = random.Random(os.urandom(32)).getrandbits
+
+
+os.register_at_fork(after_in_child=_reseed)  # forked workers must not repeat each other's ids
+
+
 def new_gateway_id() -> str:
-    return os.urandom(GATEWAY_ID_BYTES).hex()
+    return f"{_bits(GATEWAY_ID_BYTES * 8):024x}"
 
 
 def is_gateway_id(value: str) -> bool:

@@ -297,10 +297,12 @@ class VariantClient:
     ) -> UpstreamResponse:
         """One call, retried on other endpoints as the route's `retry` allows (module
         docstring); UpstreamError otherwise."""
-        loop = asyncio.get_running_loop()
         clock = self._clock
-        if clock is None or clock.loop is not loop:
-            clock = self._clock = DeadlineClock(loop)
+        # The loop this variant's connections belong to, while it runs: looking it up costs a
+        # getpid() syscall per call on Python 3.11 (~3% of a small request's CPU).
+        if clock is None or not clock.loop.is_running():
+            clock = self._clock = DeadlineClock(asyncio.get_running_loop())
+        loop = clock.loop
         now = loop.time()
         endpoints = self.endpoints
         n = len(endpoints)

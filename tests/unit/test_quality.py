@@ -46,6 +46,20 @@ def test_valid_answer_and_empty_hit() -> None:
     assert p.neighbor_ids == ("c1", "c2") and p.best_score == pytest.approx(0.3) and p.empty
     assert not inspect_answer(answer(v, [{"id": "c1", "score": 0.45}]), "x").empty
     assert inspect_answer(answer(v), "x").empty  # no neighbours at all
+    assert np.array_equal(p.vector(), np.asarray(v, dtype=np.float32))
+    # Other arrays in the answer (here a server's own field) and integers in the vector are fine.
+    doc = {"predicted_vector": [0, *v[1:]], "neighbors": [], "model": {"layers": [1, 2]}}
+    assert inspect_answer(orjson.dumps(doc), "x").vector()[0] == 0.0
+
+
+def test_a_document_the_inspection_left_referenced_does_not_stop_the_next() -> None:
+    # The parser is reused; a failed inspection's traceback can still hold its document.
+    try:
+        inspect_answer(orjson.dumps({"predicted_vector": ["x"] * DIM}), "x")
+    except InvalidPredictionError as exc:
+        kept = exc
+    assert inspect_answer(answer(unit(1).tolist()), "x").best_score is None
+    assert kept.__traceback__ is not None
 
 
 @pytest.mark.parametrize(
@@ -55,9 +69,17 @@ def test_valid_answer_and_empty_hit() -> None:
         (b'{"predicted_vector": [1e400]}', "not valid JSON"),
         (orjson.dumps({"predicted_vector": [None] + [0.0] * 767}), "non-numbers"),
         (orjson.dumps({"predicted_vector": ["x"] + [0.0] * 767}), "non-numbers"),
-        (orjson.dumps({"predicted_vector": [1e308, 1e308] + [0.0] * 766}), "NaN or Inf"),
+        (b'{"predicted_vector": [123456789012345678901234567890]}', "not valid JSON"),
         (orjson.dumps({"predicted_vector": [0.0] * 512}), "must have 768 numbers, got 512"),
-        (orjson.dumps({"confidence": 1}), "must have 768 numbers, got NoneType"),
+        (orjson.dumps({"confidence": 1}), "must have 768 numbers, got null"),
+        (orjson.dumps({"predicted_vector": "x" * 768}), "must have 768 numbers, got a string"),
+        (orjson.dumps({"predicted_vector": [[0.0]] * 768}), "non-numbers"),
+        (orjson.dumps({"predicted_vector": [[0.0, 0.0]] * 384}), "must have 768 numbers, got 384"),
+        (orjson.dumps({"predicted_vector": [0.0] * 767 + [True]}), "non-numbers"),
+        (orjson.dumps([0.0] * 768), "must have 768 numbers, got null"),
+        # Nested arrays whose numbers add up to 768, with other arrays in the document or not.
+        (orjson.dumps({"predicted_vector": [[0.0]] + [0.0] * 767, "x": [1]}), "non-numbers"),
+        (orjson.dumps({"predicted_vector": [[0.0, 1.0], []] + [0.0] * 766}), "non-numbers"),
     ],
 )
 def test_invalid_answers(body: bytes, message: str) -> None:

@@ -95,7 +95,7 @@ def unit(seed: int) -> list[float]:
 
 def pred(values: list[float], neighbors: tuple[tuple[str, float], ...]) -> Prediction:
     return Prediction(
-        values, tuple(i for i, _ in neighbors), max(s for _, s in neighbors), neighbors
+        np.asarray(values), tuple(i for i, _ in neighbors), max(s for _, s in neighbors), neighbors
     )
 
 
