@@ -71,8 +71,12 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 _JSON = b"application/json"
 
 Headers = tuple[tuple[bytes, bytes], ...]
-# Smaller bodies arrive in one ASGI message anyway: streaming them would only add overhead.
-STREAM_MIN_BYTES = int(os.environ.get("XSTREAM", 64 * 1024))
+# Bodies up to this size are read whole and leave in one write; larger ones are streamed. Measured
+# with a fast local client (one gateway worker, 2026-12-02): at 100 context vectors (950 KB) the
+# whole body gave -0.11 ms p50 at 1 connection and +22% req/s at 8 (5 pairs: the upstream is
+# woken once, not once per chunk); at 250 (2.4 MB) even at 1 connection, +28% at 8; at 500
+# (4.75 MB) streaming halved p50 and doubled req/s. The budget charges either the same.
+STREAM_MIN_BYTES = 2 * 1024 * 1024
 # A fixed endpoint: (scope, receive) -> (status, body, content type, extra headers).
 Endpoint = Callable[[Scope, Receive], Awaitable[tuple[int, bytes, bytes]]]
 

@@ -51,7 +51,7 @@ Response = tuple[int, Headers, bytes]  # status, response headers as received, b
 
 # Methods whose requests carry a Content-Length even when empty (RFC 9110 8.6).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-_JOIN_MAX = 64 * 1024  # larger bodies are written after the head instead of joined to it
+_JOIN_MAX = 64 * 1024  # larger bodies go with the head in one writev instead of a joined copy
 _HIGH_WATER = 1024 * 1024  # a streamed body waits while more than this is unsent
 
 
