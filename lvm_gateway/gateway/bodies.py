@@ -63,9 +63,10 @@ class BodyBudget:
 
     @contextlib.asynccontextmanager
     async def stream(
-        self, receive: Receive, limit: int, length: int
+        self, receive: Receive, limit: int, length: int, whole: bool = False
     ) -> AsyncIterator[StreamedBody]:
-        """A body of `length` bytes (the client's Content-Length), forwarded as it arrives."""
+        """A body of `length` bytes (the client's Content-Length), forwarded as it arrives; with
+        `whole`, received in full first (its chunks unjoined), so it leaves in one write."""
         if length > limit:
             raise BadRequestError(f"request body larger than {limit} bytes", status=413)
         if self.in_use + length > self.budget_bytes:
@@ -76,12 +77,18 @@ class BodyBudget:
             )
         self.in_use += length
         body = StreamedBody(length)
-        pump = asyncio.create_task(self._pump(receive, body))
+        pump: asyncio.Task[None] | None = None
         try:
+            if whole:
+                await self._pump(receive, body)
+                if body._error is not None:
+                    raise body._error
+            else:
+                pump = asyncio.create_task(self._pump(receive, body))
             yield body
         finally:
             self.in_use -= length
-            if not pump.done():  # answered before the client finished sending
+            if pump is not None and not pump.done():  # answered before the client finished
                 pump.cancel()
 
     async def _pump(self, receive: Receive, body: StreamedBody) -> None:

@@ -204,7 +204,7 @@ class _Conn(asyncio.Protocol):
         head: bool,
         limit: int,
         loop: asyncio.AbstractEventLoop,
-        body: bytes = b"",
+        body: tuple[bytes, ...] = (),
     ) -> asyncio.Future[Response]:
         self._waiter = waiter = loop.create_future()
         self._head = head
@@ -213,7 +213,7 @@ class _Conn(asyncio.Protocol):
         self._received = False
         assert self.transport is not None
         if body:
-            self.transport.writelines((data, body))
+            self.transport.writelines((data, *body))
         else:
             self.transport.write(data)
         return waiter
@@ -360,11 +360,13 @@ class EndpointPool:
         for k, v in headers.items():
             head.append(f"{k}: {v}\r\n".encode("latin-1"))
         head.append(b"\r\n")
-        rest = b""
+        rest: tuple[bytes, ...] = ()  # written after the head, in the same writev
         if isinstance(body, bytes) and len(body) <= _JOIN_MAX:
             head.append(body)
         elif isinstance(body, bytes):
-            rest = body
+            rest = (body,)
+        elif body.done and body.received == len(body):  # received whole: no chunk to wait for
+            rest = tuple(body.chunks)
         data = b"".join(head)
         is_head = method == "HEAD"
         conn, reused = await self._acquire(loop, fresh=False)
@@ -385,13 +387,13 @@ class EndpointPool:
         data: bytes,
         is_head: bool,
         limit: int,
-        rest: bytes,
+        rest: tuple[bytes, ...],
         body: bytes | StreamedBody,
         progress: Callable[[bool], None] | None,
     ) -> Response:
         try:
             waiter = conn.send(data, is_head, limit, loop, rest)
-            if isinstance(body, StreamedBody):
+            if isinstance(body, StreamedBody) and not rest:
                 return await conn.stream(body, waiter, progress)
             return await waiter
         finally:

@@ -3,8 +3,9 @@
 granian (Rust, hyper) owns the sockets and HTTP parsing; each request reaches `__rsgi__` with a
 scope object and a protocol object. The adapter presents them as the ASGI scope, `receive` and
 `send` the app already uses, so the routing, policies, dispatch and records are exactly the ones
-uvicorn runs: a small body arrives in one `await protocol()` call, a larger one chunk by chunk
-(`async for`), which the app forwards as it arrives when it streams (gateway/bodies.py). The
+uvicorn runs: a body up to the app's WHOLE_MAX_BYTES arrives in one `await protocol()` call, a
+larger one chunk by chunk (`async for`), which the app forwards as it arrives when it streams
+(gateway/bodies.py). The
 answer goes back in one `response_bytes` call.
 
 Client limits differ: gateway/server.py's request-head timeout is in its own protocol under uvicorn;
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from lvm_gateway.gateway.app import STREAM_MIN_BYTES, GatewayApp
+from lvm_gateway.gateway.app import WHOLE_MAX_BYTES, GatewayApp
 
 _LAST = {"type": "http.request", "body": b"", "more_body": False}
 
@@ -47,7 +48,7 @@ class RSGIGateway:
             "scheme": scope.scheme,
         }
         length = scope.headers.get("content-length")
-        whole = length is not None and length.isdigit() and int(length) <= STREAM_MIN_BYTES
+        whole = length is not None and length.isdigit() and int(length) <= WHOLE_MAX_BYTES
         receive = _whole(protocol) if whole else _chunks(protocol)
         start: dict[str, Any] = {}
 

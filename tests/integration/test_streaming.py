@@ -93,12 +93,15 @@ def big_body(vectors: int = 880) -> bytes:
 
 
 def send_in_two_parts(
-    url: str, body: bytes, pause_check: Callable[[], bool], headers: str = ""
+    url: str,
+    body: bytes,
+    pause_check: Callable[[], bool],
+    headers: str = "",
+    first: int = 2 * 1024 * 1024,
 ) -> tuple[bytes, bool]:
-    """POST `body` in two parts; `pause_check()` runs between them. The answer, and what the
-    check returned."""
+    """POST `body` in two parts, the first `first` bytes long; `pause_check()` runs between
+    them. The answer, and what the check returned."""
     port = int(url.rsplit(":", 1)[1])
-    first = 2 * 1024 * 1024
     with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
         s.sendall(
             f"POST /infer HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n{headers}"
@@ -132,6 +135,18 @@ def wait_for(check: Callable[[], bool], timeout_s: float) -> bool:
     return False
 
 
+def recorded_lane(redis_url: str, answer: bytes) -> bytes | None:
+    """The lane of the prediction record of a raw HTTP answer (waiting up to 5 s for it)."""
+    rid = answer.split(b"x-request-id: ", 1)[1].split(b"\r\n", 1)[0].decode()
+    client = redis.Redis.from_url(redis_url)
+    key = RedisKeys("lvmgw").prediction(rid)
+    try:
+        wait_for(lambda: client.hget(key, "lane") is not None, 5.0)
+        return client.hget(key, "lane")
+    finally:
+        client.close()
+
+
 SERVERS = [
     "uvicorn",
     pytest.param(
@@ -157,11 +172,26 @@ def test_a_body_no_policy_reads_is_forwarded_while_it_arrives(
         assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
         assert server.bodies == [hashlib.sha256(body).hexdigest()]
         # The lane is read off the body's tail once it arrived.
-        rid = answer.split(b"x-request-id: ", 1)[1].split(b"\r\n", 1)[0].decode()
-        client = redis.Redis.from_url(redis_url)
-        key = RedisKeys("lvmgw").prediction(rid)
-        assert wait_for(lambda: client.hget(key, "lane") == b"lane_5", 5.0)
-        client.close()
+        assert recorded_lane(redis_url, answer) == b"lane_5"
+
+
+def test_a_body_under_the_whole_limit_leaves_in_one_piece_after_its_last_byte(
+    upstream, redis_url, tmp_path
+):
+    # 100 context vectors (~950 KB): over the streaming threshold, under WHOLE_MAX_BYTES.
+    url, server = upstream
+    body = big_body(100)
+    dead = f'{{"dead": {{"url": "http://127.0.0.1:{free_port()}"}}}}'
+    policy = {"canary": {"stable": "a", "canary": "dead", "weight": 100}}
+    with gateway(config(url, policy, dead), redis_url, tmp_path) as gw:
+        answer, early = send_in_two_parts(
+            gw.url, body, lambda: wait_for(lambda: server.received > 0, 1.0), first=512 * 1024
+        )
+        assert not early, f"upstream saw {server.received} bytes before the body was whole"
+        # The canary is unreachable: the fallback replays the body held, byte for byte.
+        assert answer.startswith(b"HTTP/1.1 200") and b"x-variant: a" in answer, answer[:300]
+        assert server.bodies == [hashlib.sha256(body).hexdigest()]
+        assert recorded_lane(redis_url, answer) == b"lane_5"
 
 
 def test_a_policy_that_needs_the_body_gets_it_whole_first(upstream, redis_url, tmp_path):

@@ -54,6 +54,31 @@ def test_a_stalled_or_short_body_fails_its_readers_with_the_clients_error():
     assert short.status == 400 and "ended after 2 of its 4 bytes" in str(short)
 
 
+def test_a_whole_body_is_all_there_unjoined_before_the_block_starts():
+    async def run() -> tuple[bool, list[bytes], int]:
+        budget = BodyBudget(10_000, timeout_s=1.0)
+        async with budget.stream(messages(b"ab", b"cd", b"ef"), 100, 6, whole=True) as body:
+            done, chunks = body.done, list(body.chunks)
+            assert [c async for c in body] == chunks  # and readers replay it like a stream
+            held = budget.in_use
+        return done, chunks, held - budget.in_use
+
+    assert asyncio.run(run()) == (True, [b"ab", b"cd", b"ef"], 6)
+
+
+def test_a_whole_body_that_stalls_or_ends_short_is_the_clients_error_before_any_upstream():
+    async def run(receive: Any, length: int) -> tuple[int, str, int]:
+        budget = BodyBudget(10_000, timeout_s=0.2)
+        with pytest.raises(BadRequestError) as exc:
+            async with budget.stream(receive, 100, length, whole=True):
+                raise AssertionError("the block must not run")
+        return exc.value.status, str(exc.value), budget.in_use
+
+    assert asyncio.run(run(messages(b"ab", stall=True), 4))[::2] == (408, 0)
+    status, message, in_use = asyncio.run(run(messages(b"ab"), 4))
+    assert (status, in_use) == (400, 0) and "ended after 2 of its 4 bytes" in message
+
+
 def test_a_buffered_body_is_read_whether_it_arrived_already_or_comes_in_pieces_later():
     async def arrived() -> dict[str, Any]:  # no wait: read without arming a timer
         return {"type": "http.request", "body": b"now", "more_body": False}
