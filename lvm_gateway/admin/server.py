@@ -9,7 +9,10 @@ client and never touches the data plane's state.
 
 The parent binds the socket (a taken port is an immediate, clear error) and hands it over; the
 Redis URL and the token travel in the child's environment, never in its command line (`ps`).
-The child exits when its parent is gone, even after a SIGKILL.
+The child exits when its parent is gone, even after a SIGKILL. A child that dies while the
+gateway runs (a crash, the OOM killer) is started again on the same socket, so the clients that
+connected meanwhile wait in its backlog and are then answered; each restart is logged, and they
+back off from 1 s to 30 s while the child keeps dying within a minute of its start.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ from lvm_gateway.logfmt import FORMATS, LEVELS, dict_config
 _ENV_REDIS = "LVMGW_ADMIN_REDIS_URL"
 _ENV_TOKEN = "LVMGW_ADMIN_TOKEN"
 _PARENT_POLL_S = 0.5
+_RESTART_S = (1.0, 30.0)  # the first and the longest wait before starting a dead child again
+_STABLE_S = 60.0  # a child that served this long starts the back-off afresh when it dies
+
+log = logging.getLogger("lvm_gateway.admin")
 
 
 class AdminServer:
@@ -60,13 +67,50 @@ class AdminServer:
         ]  # fmt: skip
         self._env = {**os.environ, _ENV_REDIS: redis_url, _ENV_TOKEN: token or ""}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # stop() never races a restart
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/"
 
     def start(self, timeout_s: float = 20.0) -> None:
-        self.proc = subprocess.Popen(self._args, env=self._env, pass_fds=(self.sock.fileno(),))
+        """Start the child and wait until it answers; from then on, keep it running."""
+        self.proc = self._spawn()
+        self._wait_ready(timeout_s)
+        threading.Thread(target=self._supervise, name="admin-supervisor", daemon=True).start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self._args, env=self._env, pass_fds=(self.sock.fileno(),))
+
+    def _supervise(self) -> None:
+        wait = _RESTART_S[0]
+        while True:
+            proc = self.proc
+            assert proc is not None
+            started = time.monotonic()
+            code = proc.wait()
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - started >= _STABLE_S:
+                wait = _RESTART_S[0]
+            log.warning(
+                "the status page's process exited (code %s); starting it again in %g s",
+                code,
+                wait,
+            )
+            if self._stopping.wait(wait):
+                return
+            wait = min(wait * 2, _RESTART_S[1])
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self.proc = self._spawn()
+                self.restarts += 1
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        assert self.proc is not None
         host = f"[{self.host}]" if ":" in self.host else self.host
         probe = f"http://{host}:{self.port}/api/v1/openapi.json"
         deadline = time.monotonic() + timeout_s
@@ -84,6 +128,8 @@ class AdminServer:
             time.sleep(0.05)
 
     def stop(self) -> None:
+        with self._lock:
+            self._stopping.set()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:

@@ -244,22 +244,34 @@ def test_with_workers_one_admin_server_runs_beside_them(redis_url: str, tmp_path
     assert log.count("Started server process") == 3  # two workers and the admin server
 
 
-def test_the_page_runs_in_its_own_process_and_dies_with_the_gateway(
-    redis_url: str, tmp_path: Path
-) -> None:
-    """Rendering the page must not hold the data plane's GIL; a SIGKILLed gateway must not leave
-    the page running without it."""
-    policy = write_policy(tmp_path / "p.yaml", "admproc")
+def serve_with_page(
+    redis_url: str, tmp_path: Path, rollout: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A single-worker `lvm-gateway serve --admin-port`; the process and the page's port."""
+    policy = write_policy(tmp_path / "p.yaml", rollout)
     port, admin_port = free_port(), free_port()
     proc = start(
         ["lvm-gateway", "serve", "--config", str(policy), "--port", str(port),
          "--redis", redis_url, "--admin-port", str(admin_port)],
         health_url=f"http://127.0.0.1:{port}/readyz", log=tmp_path / "serve.log",
     )  # fmt: skip
+    return proc, admin_port
+
+
+def page_processes(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    children = psutil.Process(proc.pid).children()
+    return [c for c in children if "lvm_gateway.admin.server" in " ".join(c.cmdline())]
+
+
+def test_the_page_runs_in_its_own_process_and_dies_with_the_gateway(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Rendering the page must not hold the data plane's GIL; a SIGKILLed gateway must not leave
+    the page running without it."""
+    proc, admin_port = serve_with_page(redis_url, tmp_path, "admproc")
     try:
-        children = psutil.Process(proc.pid).children()
-        page = [c for c in children if "lvm_gateway.admin.server" in " ".join(c.cmdline())]
-        assert len(page) == 1, [c.cmdline() for c in children]
+        page = page_processes(proc)
+        assert len(page) == 1, page
         assert redis_url not in " ".join(page[0].cmdline())  # a password never in `ps`
         listed = httpx.get(f"http://127.0.0.1:{admin_port}/api/v1/rollouts", timeout=10)
         assert listed.status_code == 200
@@ -268,3 +280,23 @@ def test_the_page_runs_in_its_own_process_and_dies_with_the_gateway(
         page[0].wait(5)  # psutil.TimeoutExpired if it outlived its gateway
     finally:
         stop(proc)
+
+
+def test_a_page_process_that_dies_is_started_again_on_the_same_port(
+    redis_url: str, tmp_path: Path
+) -> None:
+    proc, admin_port = serve_with_page(redis_url, tmp_path, "admrestart")
+    url = f"http://127.0.0.1:{admin_port}/api/v1/rollouts"
+    try:
+        (first,) = page_processes(proc)
+        first.kill()
+        first.wait(5)
+        # Asked while no process serves it: the connection waits in the socket's backlog.
+        assert httpx.get(url, timeout=20).status_code == 200
+        (second,) = page_processes(proc)
+        assert second.pid != first.pid
+        log = (tmp_path / "serve.log").read_text()
+        assert "the status page's process exited (code -9); starting it again in 1 s" in log
+    finally:
+        stop(proc)
+    second.wait(5)  # the restarted page stops with its gateway (psutil.TimeoutExpired if not)
