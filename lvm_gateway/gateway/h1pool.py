@@ -348,7 +348,7 @@ class EndpointPool:
         `loop`: the running loop, when the caller has it at hand (each look-up is a getpid()
         syscall on Python 3.11).
 
-        The caller bounds the time with a deadline (upstream.Deadline); a cancelled request closes
+        The caller bounds the time with a deadline (gateway/deadline.py); a cancelled request closes
         its connection, since the response may still arrive on it.
         """
         if loop is None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +37,7 @@ from lvm_gateway.errors import (
     UpstreamTimeoutError,
 )
 from lvm_gateway.gateway.bodies import StreamedBody
+from lvm_gateway.gateway.deadline import Deadline, DeadlineClock, clock_on_running_loop
 from lvm_gateway.gateway.h1pool import BadResponseError, EndpointPool
 from lvm_gateway.gateway.headers import end_to_end
 
@@ -52,8 +52,6 @@ RETRY_MIN_PER_S = 10.0
 RETRY_MAX_TOKENS = 20.0
 # The error kinds a route's `retry.on` names.
 _RETRY_KIND = {"connect": "connect", "status": "5xx", "timeout": "timeout"}
-_EARLY_S = 0.001  # a loop timer may fire this much before its time (uvloop: milliseconds)
-_COMPACT_MIN = 1024  # DeadlineClock: queue length that first triggers a compaction
 
 
 # Not frozen, though never changed: built per request, and a frozen dataclass's __init__
@@ -148,114 +146,6 @@ class RetryBudget:
         return True
 
 
-class Deadline:
-    """`asyncio.timeout(delay)` for the loop at hand, with the same outcome: when it expires the
-    task is cancelled and that cancellation leaves the block as TimeoutError (unless the task
-    was also cancelled from elsewhere, which stays a cancellation).
-
-    asyncio's looks the running loop up three times per use, and on Python 3.11 each look-up is
-    a getpid() syscall (its fork check): measured with py-spy, a few percent of a small
-    request's CPU for this one timeout. With a `clock` it shares the clock's timer instead of
-    arming one of its own (a uvloop call_at and its cancel cost ~2 us)."""
-
-    __slots__ = ("_cancelling", "_clock", "_expired", "_handle", "_loop", "_task", "_when")
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, delay: float, clock: DeadlineClock | None = None
-    ) -> None:
-        self._loop = loop
-        self._when = loop.time() + delay
-        self._handle: asyncio.TimerHandle | None = None
-        self._clock = clock  # None once it left the clock (or never was on one)
-        self._task: asyncio.Task[Any] | None = None
-        self._expired = False
-
-    def __enter__(self) -> Deadline:
-        task = asyncio.current_task(self._loop)
-        if task is None:
-            raise RuntimeError("Deadline should be used inside a task")
-        self._task = task
-        self._cancelling = task.cancelling()
-        if self._clock is not None:
-            self._clock.add(self)
-        else:
-            self._handle = self._loop.call_at(self._when, self._expire)
-        return self
-
-    def reschedule(self, when: float | None) -> None:
-        """Expire at loop time `when` instead (None: not until rescheduled)."""
-        if self._expired:
-            return
-        self._clock = None  # on a timer of its own from now on
-        if self._handle is not None:
-            self._handle.cancel()
-        self._handle = None if when is None else self._loop.call_at(when, self._expire)
-
-    def _expire(self) -> None:
-        self._handle = self._clock = None
-        self._expired = True
-        assert self._task is not None
-        self._task.cancel()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
-    ) -> None:
-        self._clock = None
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        task, self._task = self._task, None  # a deadline the clock still holds keeps no task
-        if (
-            self._expired
-            and task is not None
-            and task.uncancel() <= self._cancelling
-            and exc_type is asyncio.CancelledError
-        ):
-            raise TimeoutError from exc
-
-
-class DeadlineClock:
-    """The deadlines of one delay on one loop (a variant's timeout): set one after the other,
-    they expire in the order they were set, so one timer serves them all, armed for the oldest.
-    A deadline that left its block, or moved to a timer of its own, is dropped when it comes
-    to the front; the queue is compacted when one slow request holds many such behind it."""
-
-    __slots__ = ("_compact_at", "_pending", "_timer", "loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._pending: deque[Deadline] = deque()
-        self._timer: asyncio.TimerHandle | None = None
-        self._compact_at = _COMPACT_MIN
-
-    def add(self, deadline: Deadline) -> None:
-        pending = self._pending
-        while pending and pending[0]._clock is not self:
-            pending.popleft()
-        if len(pending) >= self._compact_at:
-            pending = self._pending = deque(d for d in pending if d._clock is self)
-            self._compact_at = max(_COMPACT_MIN, 2 * len(pending))
-        pending.append(deadline)
-        if self._timer is None:
-            self._timer = self.loop.call_at(pending[0]._when, self._fire)
-
-    def _fire(self) -> None:
-        self._timer = None
-        pending = self._pending
-        # A timer may fire up to the loop's clock resolution early.
-        due = self.loop.time() + _EARLY_S
-        while pending:
-            deadline = pending[0]
-            if deadline._clock is not self:
-                pending.popleft()
-            elif deadline._when <= due:
-                pending.popleft()
-                deadline._expire()
-            else:
-                self._timer = self.loop.call_at(deadline._when, self._fire)
-                return
-
-
 class VariantClient:
     __slots__ = ("_clock", "_next", "budget", "endpoints", "max_bytes", "name", "spec", "timeout_s")
 
@@ -297,11 +187,7 @@ class VariantClient:
     ) -> UpstreamResponse:
         """One call, retried on other endpoints as the route's `retry` allows (module
         docstring); UpstreamError otherwise."""
-        clock = self._clock
-        # The loop this variant's connections belong to, while it runs: looking it up costs a
-        # getpid() syscall per call on Python 3.11 (~3% of a small request's CPU).
-        if clock is None or not clock.loop.is_running():
-            clock = self._clock = DeadlineClock(asyncio.get_running_loop())
+        clock = self._clock = clock_on_running_loop(self._clock, self.timeout_s)
         loop = clock.loop
         now = loop.time()
         endpoints = self.endpoints

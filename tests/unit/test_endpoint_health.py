@@ -7,13 +7,12 @@ import asyncio
 
 import pytest
 
+from lvm_gateway.gateway.deadline import Deadline, DeadlineClock
 from lvm_gateway.gateway.upstream import (
     BASE_EJECTION_S,
     CONSECUTIVE_ERRORS,
     FAILURE_WINDOW_S,
     RETRY_MAX_TOKENS,
-    Deadline,
-    DeadlineClock,
     Endpoint,
     RetryBudget,
 )

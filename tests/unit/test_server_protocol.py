@@ -10,7 +10,7 @@ from typing import Any
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from lvm_gateway.gateway.server import GatewayHttpProtocol
+from lvm_gateway.gateway.server import READ_AHEAD_BYTES, GatewayHttpProtocol
 
 
 class RecordingTransport:
@@ -107,6 +107,31 @@ def test_a_body_in_pieces_is_handed_over_as_it_arrives() -> None:
         b"POST /x HTTP/1.1\r\nContent-Length: 6\r\n\r\nab", b"cd", b"ef",
     )  # fmt: skip
     assert t.writes[-1].endswith(b"POST /x 3:abcdef")
+
+
+def test_reading_stops_only_when_a_body_runs_a_mebibyte_ahead_of_the_app() -> None:
+    async def run(size: int) -> bool:
+        started = asyncio.Event()
+
+        async def reads_late(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            started.set()
+            await asyncio.sleep(3600)  # never reads: the pieces pile up in the connection
+
+        transport = RecordingTransport()
+        config = Config(reads_late, lifespan="off", log_config=None)
+        protocol = GatewayHttpProtocol(config, ServerState(), {}, asyncio.get_running_loop())
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        head = b"POST /x HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (4 * READ_AHEAD_BYTES)
+        protocol.data_received(head)
+        await started.wait()
+        for _ in range(size // (256 * 1024)):  # socket reads of a large body
+            protocol.data_received(b"x" * (256 * 1024))
+        reading = transport.reading
+        protocol.connection_lost(None)
+        return reading
+
+    assert asyncio.run(run(READ_AHEAD_BYTES)) is True
+    assert asyncio.run(run(READ_AHEAD_BYTES + 256 * 1024)) is False
 
 
 def test_chunked_request_and_response() -> None:
