@@ -1,11 +1,12 @@
 """Request bodies streamed to the upstream as they arrive, through a real gateway process.
 
 A recording upstream on a raw socket counts the body bytes it has received; the client sends
-the first part of an 8 MB body (larger than every buffer on the way: uvicorn's 64 KB, the
-gateway's streaming threshold, h1pool's 1 MB write buffer) and pauses. With a policy that does
-not need the body the upstream sees those bytes before the client sends the rest; with one that
-does (context_length without X-Context-Length) it sees nothing until the body is complete. A
-fallback replays the streamed body in full, and the lane comes from the body's tail.
+the first part of an 8 MB body (larger than every buffer on the way: the server's 1 MiB
+read-ahead, the gateway's 2 MiB whole-body limit, h1pool's 1 MB write buffer) and pauses.
+With a policy that does not need the body the upstream sees those bytes before the client
+sends the rest; with one that does (context_length without X-Context-Length) it sees nothing
+until the body is complete, and neither does it for a body under the whole-body limit. A
+fallback replays the body in full, and the lane comes from the body's tail.
 """
 
 from __future__ import annotations
