@@ -72,14 +72,16 @@ class Call:
         return self.lane_of() if self.lane_of is not None else self.lane
 
 
-def _variant_time(t0: float, body: bytes | StreamedBody) -> float:
+def _variant_time(t0: float, body: bytes | StreamedBody, end: float = 0.0) -> float:
     """The time a call took once the variant could have the whole request: from `t0`, or from
-    the last byte of a streamed body if that came later. A client's slow upload of a large
-    context is not the variant's latency, and the judge's latency SLO is about the variant."""
-    now = time.perf_counter()
+    the last byte of a streamed body if that came later, to `end` (the answer's last byte; now
+    when 0). A client's slow upload of a large context is not the variant's latency, nor is the
+    wait of the gateway's busy loop before it reads the answer: the judge's latency SLO is about
+    the variant."""
+    end = end or time.perf_counter()
     if isinstance(body, StreamedBody) and body.finished_at > t0:
-        return now - body.finished_at
-    return now - t0
+        return end - body.finished_at
+    return end - t0
 
 
 class Dispatcher:
@@ -153,7 +155,7 @@ class Dispatcher:
             raise
         finally:
             self.inflight[variant] -= 1
-        elapsed = _variant_time(t0, body)
+        elapsed = _variant_time(t0, body, resp.received_at)
         self.circuits.record(variant, False)
         self.metrics.upstream(variant, elapsed)
         self.windows.record_request(variant, elapsed, False, lane)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -47,7 +48,9 @@ import httptools
 from lvm_gateway.gateway.bodies import StreamedBody
 
 Headers = list[tuple[bytes, bytes]]
-Response = tuple[int, Headers, bytes]  # status, response headers as received, body
+# Status, response headers as received, body, and time.perf_counter() when its last byte was
+# read: the upstream's latency ends there, not when the awaiting task next runs on a busy loop.
+Response = tuple[int, Headers, bytes, float]
 
 # Methods whose requests carry a Content-Length even when empty (RFC 9110 8.6).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -190,7 +193,7 @@ class _Conn(asyncio.Protocol):
         body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
         self._body = []
         if waiter is not None and not waiter.done():
-            waiter.set_result((status, self._headers, body))
+            waiter.set_result((status, self._headers, body, time.perf_counter()))
 
     def _fail(self, exc: Exception) -> None:
         waiter, self._waiter = self._waiter, None

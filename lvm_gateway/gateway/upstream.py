@@ -62,6 +62,7 @@ class UpstreamResponse:
     body: bytes
     content_type: str
     headers: tuple[tuple[bytes, bytes], ...] = ()  # end-to-end headers passed to the client
+    received_at: float = 0.0  # time.perf_counter() at its last byte; 0.0 when not from a wire
 
 
 class Endpoint:
@@ -201,7 +202,7 @@ class VariantClient:
                 with Deadline(loop, self.timeout_s, clock) as deadline:
                     streamed = isinstance(body, StreamedBody)
                     progress = self._progress(deadline, loop) if streamed else None
-                    status, raw, data = await ep.pool.request(
+                    status, raw, data, received_at = await ep.pool.request(
                         method, target, body, headers, self.max_bytes, progress, loop
                     )
             except TimeoutError as exc:
@@ -219,7 +220,7 @@ class VariantClient:
                 if status < 500:
                     ep.success(loop.time())
                     ctype, passed = end_to_end(raw)
-                    return UpstreamResponse(status, data, ctype, passed)
+                    return UpstreamResponse(status, data, ctype, passed, received_at)
                 err = UpstreamStatusError(self.name, f"{ep.url} answered HTTP {status}")
             now = loop.time()
             ep.failure(now)

@@ -36,7 +36,9 @@ class H1Client:
     async def request(
         self, method: str, target: str, body: bytes = b"", headers: dict[str, str] | None = None
     ) -> tuple[int, dict[str, str], bytes]:
-        status, raw, data = await self.pool.request(method, target, body, headers or {}, self.limit)
+        status, raw, data, _ = await self.pool.request(
+            method, target, body, headers or {}, self.limit
+        )
         return status, {k.decode().lower(): v.decode() for k, v in raw}, data
 
     async def close(self) -> None:
