@@ -10,9 +10,10 @@ client and never touches the data plane's state.
 The parent binds the socket (a taken port is an immediate, clear error) and hands it over; the
 Redis URL and the token travel in the child's environment, never in its command line (`ps`).
 The child exits when its parent is gone, even after a SIGKILL. A child that dies while the
-gateway runs (a crash, the OOM killer) is started again on the same socket, so the clients that
-connected meanwhile wait in its backlog and are then answered; each restart is logged, and they
-back off from 1 s to 30 s while the child keeps dying within a minute of its start.
+gateway runs (a crash, the OOM killer; not one asked to stop by SIGTERM or SIGINT) is started
+again on the same socket, so the clients that connected meanwhile wait in its backlog and are
+then answered; each restart is logged, and they back off from 1 s to 30 s while the child keeps
+dying within a minute of its start.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging.config
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +39,7 @@ _ENV_TOKEN = "LVMGW_ADMIN_TOKEN"
 _PARENT_POLL_S = 0.5
 _RESTART_S = (1.0, 30.0)  # the first and the longest wait before starting a dead child again
 _STABLE_S = 60.0  # a child that served this long starts the back-off afresh when it dies
+_STOPPED = frozenset({0, -signal.SIGTERM, -signal.SIGINT})  # exit codes that are no crash
 
 log = logging.getLogger("lvm_gateway.admin")
 
@@ -91,7 +94,9 @@ class AdminServer:
             assert proc is not None
             started = time.monotonic()
             code = proc.wait()
-            if self._stopping.is_set():
+            # Asked to stop (SIGTERM or SIGINT, which a stop of the gateway's process group
+            # sends the page too), or done: not a death to repair.
+            if self._stopping.is_set() or code in _STOPPED:
                 return
             if time.monotonic() - started >= _STABLE_S:
                 wait = _RESTART_S[0]

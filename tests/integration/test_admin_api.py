@@ -297,6 +297,10 @@ def test_a_page_process_that_dies_is_started_again_on_the_same_port(
         assert second.pid != first.pid
         log = (tmp_path / "serve.log").read_text()
         assert "the status page's process exited (code -9); starting it again in 1 s" in log
+        # A page asked to stop (as a stop of the whole process group asks it) stays stopped.
+        second.terminate()
+        second.wait(5)
+        time.sleep(1.5)  # past the first restart's wait
+        assert page_processes(proc) == []
     finally:
         stop(proc)
-    second.wait(5)  # the restarted page stops with its gateway (psutil.TimeoutExpired if not)
