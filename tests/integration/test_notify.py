@@ -198,21 +198,33 @@ async def test_a_new_leader_resumes_where_the_old_one_stopped(
             await ops.start(store, "phase2", "bob")
             await ops.pause(store, "phase2", "bob")
             await until(lambda: len(hooks["all"].bodies) >= 2, 10, "two events")
-            async with controller(redis_url, prefix, "second", stats[1]):
-                first.set()  # the leader steps down; the standby takes the lease
-                lease = redis.Redis.from_url(redis_url)
-                try:  # the transitions below are the new leader's to post, not a stopping one's
+            sync = redis.Redis.from_url(redis_url)
+            keys = RedisKeys(prefix)
+            history = keys.rollout("phase2", "history")
+            try:
+                # Delivery is at least once: a leader stopped between a post and its cursor
+                # write leaves that event to its successor (notify.py). What this test checks
+                # is the resumption at the cursor, so the step-down waits for the cursor, which
+                # moves in one script with the history's delivery note.
+                await until(
+                    lambda: sum(f[b"action"] == b"notify" for _, f in sync.xrange(history)) >= 2,
+                    10,
+                    "the cursor past both events",
+                )
+                async with controller(redis_url, prefix, "second", stats[1]):
+                    first.set()  # the leader steps down; the standby takes the lease
+                    # The transitions below are the new leader's to post, not a stopping one's.
                     await until(
-                        lambda: (lease.get(RedisKeys(prefix).leader) or b"").endswith(b":second"),
+                        lambda: (sync.get(keys.leader) or b"").endswith(b":second"),
                         10,
                         "the standby leading",
                     )
-                finally:
-                    lease.close()
-                await ops.resume(store, "phase2", "bob")
-                await ops.rollback(store, "phase2", None, "bob")
-                await until(lambda: len(hooks["all"].bodies) >= 4, 10, "four events")
-                await asyncio.sleep(1.0)
+                    await ops.resume(store, "phase2", "bob")
+                    await ops.rollback(store, "phase2", None, "bob")
+                    await until(lambda: len(hooks["all"].bodies) >= 4, 10, "four events")
+                    await asyncio.sleep(1.0)
+            finally:
+                sync.close()
     assert [b["event"] for b in hooks["all"].bodies] == [
         "started", "paused", "resumed", "rolled_back"
     ]  # fmt: skip
