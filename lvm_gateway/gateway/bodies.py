@@ -82,9 +82,7 @@ class BodyBudget:
         pump: asyncio.Task[None] | None = None
         try:
             if whole:
-                await self._pump(receive, body)
-                if body._error is not None:
-                    raise body._error
+                await self._fill(receive, body)
             else:
                 pump = asyncio.create_task(self._pump(receive, body))
             yield body
@@ -94,19 +92,24 @@ class BodyBudget:
                 pump.cancel()
 
     async def _pump(self, receive: Receive, body: StreamedBody) -> None:
+        """`_fill` on a task of its own: the client's error reaches the body's readers."""
         try:
-            while True:
-                message = await self._next(receive)
-                body.feed(message.get("body", b""))
-                if not message.get("more_body"):
-                    break
-            if body.received != body.length:
-                raise BadRequestError(
-                    f"request body ended after {body.received} of its {body.length} bytes"
-                )
-            body.finish()
+            await self._fill(receive, body)
         except BadRequestError as exc:
             body.fail(exc)
+
+    async def _fill(self, receive: Receive, body: StreamedBody) -> None:
+        """Feed `body` until the client's last byte; BadRequestError if it stalls or ends short."""
+        while True:
+            message = await self._next(receive)
+            body.feed(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        if body.received != body.length:
+            raise BadRequestError(
+                f"request body ended after {body.received} of its {body.length} bytes"
+            )
+        body.finish()
 
     async def _next(self, receive: Receive) -> dict[str, Any]:
         # A small body has arrived with the head, so the server's receive() answers without

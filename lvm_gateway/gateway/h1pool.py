@@ -368,7 +368,7 @@ class EndpointPool:
             head.append(body)
         elif isinstance(body, bytes):
             rest = (body,)
-        elif body.done and body.received == len(body):  # received whole: no chunk to wait for
+        elif body.done:  # received whole (done is set only at its full length): nothing to wait for
             rest = tuple(body.chunks)
         data = b"".join(head)
         is_head = method == "HEAD"

@@ -20,6 +20,7 @@ import hmac
 import os
 import random
 import re
+from collections.abc import Callable
 
 from lvm_gateway.errors import BadRequestError
 
@@ -29,7 +30,7 @@ _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _MAC_HEX = 32  # 128 bits of the HMAC are enough to make forging hopeless
 
 
-_bits = random.Random(os.urandom(32)).getrandbits
+_bits: Callable[[int], int]
 
 
 def _reseed() -> None:
@@ -37,6 +38,7 @@ def _reseed() -> None:
     _bits = random.Random(os.urandom(32)).getrandbits
 
 
+_reseed()
 os.register_at_fork(after_in_child=_reseed)  # forked workers must not repeat each other's ids
 
 

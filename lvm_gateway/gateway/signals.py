@@ -33,15 +33,13 @@ class _Reader:
     def parse(self, body: bytes) -> object:
         """The document; ValueError when `body` is not JSON (or holds an integer past 64 bits,
         as orjson would refuse it too)."""
-        for fresh in (False, True):
-            if fresh:
-                self._parser = simdjson.Parser()
-            try:
-                return self._parser.parse(body)
-            except RuntimeError as exc:  # "Tried to re-use a parser while ... still exist"
-                if fresh or "re-use" not in str(exc):
-                    raise ValueError(str(exc)) from exc
-        raise AssertionError("unreachable")
+        try:
+            return self._parser.parse(body)
+        except RuntimeError as exc:  # "Tried to re-use a parser while ... still exist"
+            if "re-use" not in str(exc):
+                raise ValueError(str(exc)) from exc
+        self._parser = simdjson.Parser()  # a fresh parser holds no document: no second retry
+        return self.parse(body)
 
 
 _READER = _Reader()  # the data plane inspects on its one event loop thread
