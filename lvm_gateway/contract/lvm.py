@@ -41,9 +41,12 @@ _BODY_DOMAIN = re.compile(rb'"tmd_codes"\s*:\s*\[\s*(-?\d+)')
 TMD_SCAN_BYTES = 512
 
 
+_LANE_NAMES = tuple(f"lane_{d}" for d in range(N_LANES))  # named once, not per request
+
+
 def lane_name(domain: int | None) -> str:
     """`lane_<domain>` for a valid domain, else `none`."""
-    return f"lane_{domain}" if domain is not None and 0 <= domain < N_LANES else NO_LANE
+    return _LANE_NAMES[domain] if domain is not None and 0 <= domain < N_LANES else NO_LANE
 
 
 def lane_order(name: str) -> tuple[int, str]:
@@ -55,8 +58,11 @@ def lane_order(name: str) -> tuple[int, str]:
 def tmd_from_headers(headers: Mapping[str, str]) -> Tmd | None:
     """(domain, task, modifier) from X-TMD-Domain (or X-TMD-Lane), -Task and -Modifier; None
     without a domain header. Task and modifier default to 0."""
-    domain = next((headers[h] for h in _DOMAIN_HEADERS if h in headers), None)
-    if domain is None:
+    for name in _DOMAIN_HEADERS:
+        domain = headers.get(name)
+        if domain is not None:
+            break
+    else:
         return None
     try:
         return (

@@ -41,5 +41,4 @@ def fuse(answered: list[tuple[str, float, Prediction]]) -> tuple[dict[str, Any],
             for w, (e, _, _) in zip(weights, answered, strict=True)
         ],
     }
-    best = top[0][1] if top else None
-    return doc, Prediction(values, tuple(i for i, _ in top), best, tuple(top))
+    return doc, Prediction(values, [i for i, _ in top], [s for _, s in top])

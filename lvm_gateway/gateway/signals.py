@@ -6,6 +6,7 @@ simdjson parses in a few microseconds. The rules (dimension, empty hit) are the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,8 @@ from lvm_gateway.errors import InvalidPredictionError
 # A tuple, not `int | float`: that expression builds a new union on every evaluation, once per
 # neighbour here, and isinstance checks a tuple faster (~0.7 us per 10-neighbour answer).
 _NUMBER = (int, float)
+# Looked up once: a module attribute read per neighbour adds up on every answer.
+_OBJECT, _ARRAY = simdjson.Object, simdjson.Array
 
 
 class _Reader:
@@ -50,16 +53,25 @@ _READER = _Reader()  # the data plane inspects on its one event loop thread
 @dataclass(slots=True)
 class Prediction:
     values: np.ndarray  # the 768 finite numbers of predicted_vector
-    neighbor_ids: tuple[str, ...]
-    best_score: float | None  # None when the server returned no neighbours
-    neighbors: tuple[tuple[str, float], ...] = ()  # (id, score), as returned
+    # The neighbours as returned, in two lists: the empty-hit check takes the scores' max in C
+    # and a record packs the ids, so no (id, score) pair is built on the hot path.
+    neighbor_ids: Sequence[str]
+    neighbor_scores: Sequence[float]
 
     def vector(self) -> np.ndarray:
         return self.values.astype(np.float32, copy=False)
 
     @property
+    def best_score(self) -> float | None:  # None when the server returned no neighbours
+        return max(self.neighbor_scores, default=None)
+
+    @property
+    def neighbors(self) -> Iterator[tuple[str, float]]:
+        return zip(self.neighbor_ids, self.neighbor_scores, strict=True)
+
+    @property
     def empty(self) -> bool:
-        return is_empty_hit(() if self.best_score is None else (self.best_score,))
+        return is_empty_hit(self.neighbor_scores)
 
 
 def inspect_answer(body: bytes, variant: str) -> Prediction:
@@ -79,9 +91,9 @@ def inspect_answer(body: bytes, variant: str) -> Prediction:
 
 
 def _prediction(doc: object, body: bytes, variant: str) -> Prediction:
-    vec = doc.get("predicted_vector") if isinstance(doc, simdjson.Object) else None
-    if not isinstance(vec, simdjson.Array) or len(vec) != DIM:
-        size = len(vec) if isinstance(vec, simdjson.Array) else _json_type(vec)
+    vec = doc.get("predicted_vector") if type(doc) is _OBJECT else None
+    if type(vec) is not _ARRAY or len(vec) != DIM:
+        size = len(vec) if type(vec) is _ARRAY else _json_type(vec)
         raise InvalidPredictionError(
             variant, f"predicted_vector must have {DIM} numbers, got {size}"
         )
@@ -90,24 +102,34 @@ def _prediction(doc: object, body: bytes, variant: str) -> Prediction:
         # JSON has no NaN or Inf and simdjson refuses a number beyond a double's range, so these
         # are finite. A nested array would be flattened: [[x], ...] has DIM elements and DIM
         # numbers, so unless the vector and the neighbours are the document's only arrays (one
-        # `[` each: a memchr-speed count), its elements are checked one by one.
+        # `[` each), its elements are checked one by one.
         values = np.frombuffer(vec.as_buffer(of_type="d"), dtype=np.float64)
-        arrays = 1 + isinstance(neighbors, simdjson.Array)
-        if values.size != DIM or (body.count(b"[") != arrays and not _flat(vec)):
+        arrays = 1 + (type(neighbors) is _ARRAY)
+        if values.size != DIM or (_brackets(body, arrays) != arrays and not _flat(vec)):
             raise TypeError("nested")
     except TypeError as exc:
         raise InvalidPredictionError(variant, "predicted_vector holds non-numbers") from exc
-    pairs = []
-    if isinstance(neighbors, simdjson.Array):
+    ids: list[str] = []
+    scores: list[float] = []
+    if type(neighbors) is _ARRAY:
         for n in neighbors:
-            if type(n) is simdjson.Object:
+            if type(n) is _OBJECT:
                 nid, score = n.get("id"), n.get("score")
                 if type(nid) is str and isinstance(score, _NUMBER):
-                    pairs.append((nid, float(score)))
-    if not pairs:
-        return Prediction(values, (), None, ())
-    ids, scores = zip(*pairs, strict=True)
-    return Prediction(values, ids, max(scores), tuple(pairs))
+                    ids.append(nid)
+                    scores.append(float(score))
+    return Prediction(values, ids, scores)
+
+
+def _brackets(body: bytes, most: int) -> int:
+    """How many `[` the document holds, counted up to `most + 1`: by find (memchr), which is
+    ~10x faster than bytes.count's byte loop on a 4 KB answer."""
+    at = -1
+    for seen in range(most + 1):
+        at = body.find(b"[", at + 1)
+        if at < 0:
+            return seen
+    return most + 1
 
 
 def _flat(vec: simdjson.Array) -> bool:
@@ -116,7 +138,7 @@ def _flat(vec: simdjson.Array) -> bool:
 
 def _json_type(value: object) -> str:
     """What a JSON value is, in JSON's words (a missing key reads as null)."""
-    if isinstance(value, simdjson.Object):
+    if type(value) is _OBJECT:
         return "an object"
     if isinstance(value, str):
         return "a string"
@@ -133,7 +155,4 @@ def inspect_oip_answer(body: bytes, header_length: str | None, variant: str) -> 
         raise InvalidPredictionError(variant, str(exc)) from exc
     if not np.isfinite(answer.predicted).all():
         raise InvalidPredictionError(variant, "predicted_vector holds NaN or Inf")
-    scores = answer.neighbor_scores.tolist()
-    pairs = tuple(zip(answer.neighbor_ids, scores, strict=True))
-    best = max(scores, default=None)
-    return Prediction(answer.predicted, answer.neighbor_ids, best, pairs)
+    return Prediction(answer.predicted, answer.neighbor_ids, answer.neighbor_scores.tolist())

@@ -43,7 +43,7 @@ def with_cosine(base: np.ndarray, c: float, seed: int = 99) -> np.ndarray:
 def test_valid_answer_and_empty_hit() -> None:
     v = unit(0).tolist()
     p = inspect_answer(answer(v, [{"id": "c1", "score": 0.3}, {"id": "c2", "score": 0.2}]), "x")
-    assert p.neighbor_ids == ("c1", "c2") and p.best_score == pytest.approx(0.3) and p.empty
+    assert p.neighbor_ids == ["c1", "c2"] and p.best_score == pytest.approx(0.3) and p.empty
     assert not inspect_answer(answer(v, [{"id": "c1", "score": 0.45}]), "x").empty
     assert inspect_answer(answer(v), "x").empty  # no neighbours at all
     assert np.array_equal(p.vector(), np.asarray(v, dtype=np.float32))

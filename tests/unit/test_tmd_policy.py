@@ -94,9 +94,7 @@ def unit(seed: int) -> list[float]:
 
 
 def pred(values: list[float], neighbors: tuple[tuple[str, float], ...]) -> Prediction:
-    return Prediction(
-        np.asarray(values), tuple(i for i, _ in neighbors), max(s for _, s in neighbors), neighbors
-    )
+    return Prediction(np.asarray(values), [i for i, _ in neighbors], [s for _, s in neighbors])
 
 
 def test_fusion_is_the_renormalised_weighted_sum() -> None:
@@ -112,7 +110,7 @@ def test_fusion_is_the_renormalised_weighted_sum() -> None:
     assert scores == pytest.approx({"x": 0.675, "y": 0.575, "z": 0.175})
     assert [n["id"] for n in doc["neighbors"]] == ["x", "y", "z"]
     assert doc["experts"] == [{"expert": "e1", "weight": 0.75}, {"expert": "e2", "weight": 0.25}]
-    assert fused.neighbor_ids == ("x", "y", "z") and fused.best_score == pytest.approx(0.675)
+    assert fused.neighbor_ids == ["x", "y", "z"] and fused.best_score == pytest.approx(0.675)
 
 
 def test_fusion_with_one_expert_is_that_expert() -> None:
