@@ -97,6 +97,7 @@ class DataPlaneLike(Protocol):
     def routing(self) -> str: ...
     @property
     def analyses(self) -> Mapping[str, Mapping[str, Any]]: ...
+    @property
     def phases(self) -> Mapping[str, str]: ...
     @property
     def notifications(self) -> Mapping[tuple[str, str, str], int]: ...
@@ -258,7 +259,10 @@ class GatewayApp:
             # The protocol's health answers are the status alone, with an empty body.
             return (200 if self._started else 503), b"", _JSON
 
-        out = {HEALTH_READY_PATH: (get, ready), HEALTH_LIVE_PATH: (get, self._empty_ok)}
+        out: dict[str, tuple[frozenset[str], Endpoint]] = {
+            HEALTH_READY_PATH: (get, ready),
+            HEALTH_LIVE_PATH: (get, self._empty_ok),
+        }
         for model in sorted(m for m in models if m is not None):
             doc = orjson.dumps(model_metadata(model, "lvm-gateway"))
 

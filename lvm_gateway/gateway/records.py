@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,7 +50,7 @@ class Answer:
 _HEAD = struct.Struct("<fH")  # int8 scale, vector length
 
 
-def pack_answer(values: np.ndarray, neighbor_ids: tuple[str, ...]) -> bytes:
+def pack_answer(values: np.ndarray, neighbor_ids: Sequence[str]) -> bytes:
     peak = float(np.abs(values).max()) if values.size else 0.0
     scale = peak / 127.0 if peak > 0 else 1.0
     quantized = np.round(values / scale).astype(np.int8).tobytes()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import simdjson
@@ -90,8 +91,9 @@ def inspect_answer(body: bytes, variant: str) -> Prediction:
     return _prediction(doc, body, variant)
 
 
-def _prediction(doc: object, body: bytes, variant: str) -> Prediction:
-    vec = doc.get("predicted_vector") if type(doc) is _OBJECT else None
+def _prediction(doc: Any, body: bytes, variant: str) -> Prediction:
+    # simdjson's proxies carry no types: the checks below are the type checks.
+    vec: Any = doc.get("predicted_vector") if type(doc) is _OBJECT else None
     if type(vec) is not _ARRAY or len(vec) != DIM:
         size = len(vec) if type(vec) is _ARRAY else _json_type(vec)
         raise InvalidPredictionError(

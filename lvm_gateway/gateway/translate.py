@@ -27,6 +27,7 @@ from lvm_gateway.contract.oip import (
     to_lvm_request,
 )
 from lvm_gateway.errors import InvalidPredictionError
+from lvm_gateway.gateway.bodies import StreamedBody
 from lvm_gateway.gateway.upstream import UpstreamResponse
 
 if TYPE_CHECKING:  # dispatch.py calls this module with its Calls
@@ -44,7 +45,9 @@ def answer_header_length(resp: UpstreamResponse) -> str | None:
     return None
 
 
-def upstream_request(call: Call, spec: VariantSpec) -> tuple[str, bytes, dict[str, str]]:
+def upstream_request(
+    call: Call, spec: VariantSpec
+) -> tuple[str, bytes | StreamedBody, dict[str, str]]:
     """(target, body, headers) of the call as `spec`'s variant speaks it."""
     if spec.protocol == call.protocol:
         if spec.protocol == PROTOCOL:
