@@ -50,6 +50,10 @@ def test_valid_answer_and_empty_hit() -> None:
     # Other arrays in the answer (here a server's own field) and integers in the vector are fine.
     doc = {"predicted_vector": [0, *v[1:]], "neighbors": [], "model": {"layers": [1, 2]}}
     assert inspect_answer(orjson.dumps(doc), "x").vector()[0] == 0.0
+    # A `[` inside a string is no array: the bracket count only decides whether the vector's
+    # elements are checked one by one, and they are numbers.
+    p = inspect_answer(answer(v, [{"id": "c[1]", "score": 0.5}, {"id": "[", "score": 0.45}]), "x")
+    assert p.neighbor_ids == ["c[1]", "["] and p.best_score == pytest.approx(0.5) and not p.empty
 
 
 def test_a_document_the_inspection_left_referenced_does_not_stop_the_next() -> None:
