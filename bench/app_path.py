@@ -24,6 +24,7 @@ import socket
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,26 +32,24 @@ import httpx
 import uvloop
 
 from bench.harness import REQUEST_BODY, Harness, stop_on_signals
-from bench.proxy_bench import Bench, canary_config, start_upstreams
+from bench.proxy_bench import (
+    Bench,
+    canary_config,
+    no_inspect_config,
+    records_config,
+    start_upstreams,
+)
 from lvm_gateway.config.load import parse_config
 from lvm_gateway.gateway import h1pool
 from lvm_gateway.gateway.app import GatewayApp
 from lvm_gateway.rollout.agent.dataplane import RolloutDataPlane
 
-CONFIGS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "no records": {"feedback": {"sample_rate": 0}},
-    "no inspect": {"inspect": False},
+# The configurations measured, as proxy_bench's rows of the same names build them.
+CONFIGS: dict[str, Callable[[Bench], dict[str, Any]]] = {
+    "default": canary_config,
+    "no records": lambda bench: records_config(bench, 0),
+    "no inspect": no_inspect_config,
 }
-
-
-def _doc(bench: Bench, change: dict[str, Any]) -> dict[str, Any]:
-    doc = canary_config(bench)
-    if "inspect" in change:
-        doc["routes"][0]["inspect"] = change["inspect"]
-    if "feedback" in change:
-        doc["feedback"] = change["feedback"]
-    return doc
 
 
 async def _measure(
@@ -94,8 +93,8 @@ async def _measure(
 
 async def _run(bench: Bench, requests: int, rounds: int) -> dict[str, list[float]]:
     apps: dict[str, GatewayApp] = {}
-    for name, change in CONFIGS.items():
-        config = parse_config(_doc(bench, change))
+    for name, build in CONFIGS.items():
+        config = parse_config(build(bench))
         plane = RolloutDataPlane(
             redis_url=bench.redis_url,
             prefix=config.spec.redis_prefix,

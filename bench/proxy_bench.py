@@ -199,22 +199,28 @@ def gateway_canary(workers: int, server: str = "uvicorn") -> Callable[[Bench], s
     )
 
 
+def records_config(bench: Bench, rate: float) -> dict[str, Any]:
+    """`canary_config` with `rate` of the inspected answers kept for feedback (default 0.1)."""
+    config = canary_config(bench)
+    config["feedback"] = {"sample_rate": rate}
+    return config
+
+
+def no_inspect_config(bench: Bench) -> dict[str, Any]:
+    """`canary_config` with `inspect: false`: routing, metrics and proxying only, no quality
+    signals."""
+    config = canary_config(bench)
+    config["routes"][0]["inspect"] = False
+    return config
+
+
 def gateway_records(rate: float) -> Callable[[Bench], str]:
-    """Answers inspected, `rate` of them kept for feedback (default 0.1): what records cost."""
-
-    def start(bench: Bench) -> str:
-        config = canary_config(bench)
-        config["feedback"] = {"sample_rate": rate}
-        return bench.gateway(f"gateway-1w-records-{rate:g}", config)
-
-    return start
+    """Answers inspected, `rate` of them kept for feedback: what records cost."""
+    return lambda bench: bench.gateway(f"gateway-1w-records-{rate:g}", records_config(bench, rate))
 
 
 def gateway_no_inspect(bench: Bench) -> str:
-    """`inspect: false`: routing, metrics and proxying only, no quality signals."""
-    config = canary_config(bench)
-    config["routes"][0]["inspect"] = False
-    return bench.gateway("gateway-1w-no-inspect", config)
+    return bench.gateway("gateway-1w-no-inspect", no_inspect_config(bench))
 
 
 def gateway_mixture(bench: Bench) -> str:
