@@ -174,10 +174,17 @@ class Harness:
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
-    def spawn(self, name: str, args: Sequence[str], health_url: str) -> subprocess.Popen[bytes]:
-        """Start a process (a console script of this venv, or any command) and wait until ready."""
+    def spawn(
+        self,
+        name: str,
+        args: Sequence[str],
+        health_url: str,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start a process (a console script of this venv, or any command) and wait until ready;
+        `env` adds to this process's environment."""
         log = self.workdir / f"{name}.log"
-        proc = start(args, log=log)
+        proc = start(args, env=env, log=log)
         # Registered before waiting, so a Ctrl-C during start-up stops it too.
         self._stack.callback(stop, proc)
         self.groups[urlsplit(health_url).netloc] = proc.pid  # start() made it a group leader

@@ -42,6 +42,7 @@ from bench.harness import (
     run_wrk,
     stop_on_signals,
 )
+from lvm_gateway import native
 from lvm_gateway.config.load import parse_config
 from lvm_gateway.policies.base import RequestInfo, RoutingView
 from lvm_gateway.procs import free_port
@@ -51,6 +52,9 @@ RESULTS = Path(__file__).parent / "results"
 CONNECTIONS = (1, 32)
 CANARY_WEIGHT = 10
 MIN_RPS_VS_NGINX = 0.10  # at 32 connections, gateway with one worker
+# Issue 12's small-body targets for "gateway 1w" (the default configuration) at 32 connections.
+SMALL_MIN_RPS_VS_NGINX = 0.25
+SMALL_MAX_CPU_US = 100.0
 MAX_P50_ADDED_MS = 0.3  # at 1 connection, over direct-to-upstream
 SPLIT_PROBES = 400  # distinct users sent once each before a run, to check the 90/10 split
 
@@ -93,7 +97,12 @@ class Bench:
         return self._redis_url
 
     def gateway(
-        self, name: str, config: dict[str, Any], workers: int = 1, server: str = "uvicorn"
+        self,
+        name: str,
+        config: dict[str, Any],
+        workers: int = 1,
+        server: str = "uvicorn",
+        env: dict[str, str] | None = None,
     ) -> str:
         """Start `lvm-gateway serve` (no rollout controller) with `config`; its base URL."""
         path = self.harness.workdir / f"{name}.yaml"
@@ -102,7 +111,7 @@ class Bench:
         args = ["lvm-gateway", "serve", "--config", str(path), "--host", "127.0.0.1"]
         args += ["--port", str(port), "--redis", self.redis_url, "--workers", str(workers)]
         args += ["--no-controller", "--log-level", "warning", "--server", server]
-        self.harness.spawn(name, args, f"http://127.0.0.1:{port}/readyz")
+        self.harness.spawn(name, args, f"http://127.0.0.1:{port}/readyz", env)
         return f"http://127.0.0.1:{port}"
 
 
@@ -199,6 +208,12 @@ def gateway_canary(workers: int, server: str = "uvicorn") -> Callable[[Bench], s
     )
 
 
+def gateway_pure(bench: Bench) -> str:
+    """The default configuration with the request path run as Python, not its mypyc build: what
+    compiling it wins (lvm_gateway/native.py)."""
+    return bench.gateway("gateway-1w-pure", canary_config(bench), env={native.PURE_ENV: "1"})
+
+
 def records_config(bench: Bench, rate: float) -> dict[str, Any]:
     """`canary_config` with `rate` of the inspected answers kept for feedback (default 0.1)."""
     config = canary_config(bench)
@@ -270,6 +285,7 @@ TARGETS = (
     Target("gateway 2w", "candidate", gateway_canary(2)),
     Target("gateway 1w granian", "candidate", gateway_canary(1, "granian")),
     Target("gateway 2w granian", "candidate", gateway_canary(2, "granian")),
+    Target("gateway 1w, pure Python", "candidate", gateway_pure),
     Target("gateway 1w, no records", "candidate", gateway_records(0)),
     Target("gateway 1w, every answer recorded", "candidate", gateway_records(1.0)),
     Target("gateway 1w, no inspect", "candidate", gateway_no_inspect),
@@ -427,9 +443,31 @@ def markdown(lines: list[list[str]], title: str, setup: str, note: str) -> str:
     return f"{title}\n\nConditions: {setup}.\n\n{head}{body}\n{note}\n"
 
 
-def _median_cpu(loads: list[Load]) -> str:
+def _cpu(loads: list[Load]) -> float | None:
     cpu = [ld.cpu_us_per_req for ld in loads if ld.cpu_us_per_req is not None]
-    return f"{statistics.median(cpu):.0f}" if cpu else "-"
+    return statistics.median(cpu) if cpu else None
+
+
+def _median_cpu(loads: list[Load]) -> str:
+    cpu = _cpu(loads)
+    return "-" if cpu is None else f"{cpu:.0f}"
+
+
+def small_body_goal(rows: list[Row], verdicts: Verdicts) -> str:
+    """Issue 12's small-body line: the default gateway's req/s share and CPU per request."""
+    hi = max(CONNECTIONS)
+    row = next((r for r in rows if r.target.name == "gateway 1w"), None)
+    ratio = verdicts.rps_ratio.get("gateway 1w")
+    cpu = _cpu(row.runs[hi]) if row else None
+    if row is None or ratio is None or cpu is None:
+        return "Small-body goal (issue 12): not measured (needs 'gateway 1w' and nginx)"
+    errors = sum(x.errors for x in row.runs[hi])
+    ok = ratio >= SMALL_MIN_RPS_VS_NGINX and cpu <= SMALL_MAX_CPU_US
+    return (
+        f"Small-body goal (issue 12): gateway 1w at {hi} connections "
+        f"{math.floor(ratio * 1000) / 10:.1f}% of nginx's req/s (>= {SMALL_MIN_RPS_VS_NGINX:.0%}),"
+        f" {cpu:.0f} us CPU per request (<= {SMALL_MAX_CPU_US:.0f}): {_verdict(ok, errors)}"
+    )
 
 
 def _verdict(ok: bool, errors: int) -> str:
@@ -477,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = cells(rows, verdicts)
     title = f"lvm-gateway proxy benchmark: best of {rounds} wrk runs per cell"
     note = caption(verdicts, baseline)
+    note += "\n" + small_body_goal(rows, verdicts)
     note += "\n" + gate_cost()
     console.print(table(lines, title, note))
     table_md = markdown(lines, f"{title} ({time.strftime('%Y-%m-%d %H:%M %Z')})", setup, note)
@@ -502,7 +541,12 @@ def save(
         "duration_s": duration_s,
         "upstream": baseline,
         "reference": verdicts.reference,
-        "goals": {"min_rps_vs_nginx": MIN_RPS_VS_NGINX, "max_p50_added_ms": MAX_P50_ADDED_MS},
+        "goals": {
+            "min_rps_vs_nginx": MIN_RPS_VS_NGINX,
+            "max_p50_added_ms": MAX_P50_ADDED_MS,
+            "small_min_rps_vs_nginx": SMALL_MIN_RPS_VS_NGINX,
+            "small_max_cpu_us": SMALL_MAX_CPU_US,
+        },
         "rows": [
             {
                 "target": r.target.name,

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lvm_gateway import termout
+from lvm_gateway import native, termout
 from lvm_gateway.allocator import keep_body_pieces_on_the_heap
 from lvm_gateway.blas import limit_blas_threads
 from lvm_gateway.config.load import json_schema, load_config
@@ -156,9 +156,9 @@ def serve(
     os.environ[HEADER_TIMEOUT_ENV] = str(limits.header_timeout_s)
     GatewayHttpProtocol.header_timeout_s = limits.header_timeout_s
     log.info(
-        "lvm-gateway %s on http://%s:%d: config %s, Redis %s, prefix %s, %d worker(s), %s",
-        termout.version(), host, port, os.path.abspath(config_path), redact_url(redis_url),
-        config.spec.redis_prefix, workers,
+        "lvm-gateway %s (%s) on http://%s:%d: config %s, Redis %s, prefix %s, %d worker(s), %s",
+        termout.version(), native.status(), host, port, os.path.abspath(config_path),
+        redact_url(redis_url), config.spec.redis_prefix, workers,
         "running the rollout controller" if controller else "no rollout controller",
     )  # fmt: skip
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:

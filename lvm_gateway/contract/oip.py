@@ -153,7 +153,7 @@ def parse_request_head(body: bytes, header_length: str | None) -> RequestHead:
         raise BadRequestError(f"inference request is not valid JSON{hint}: {exc}") from None
     _expect(isinstance(doc, dict), "inference request must be a JSON object")
     raw_inputs = doc.get("inputs")
-    _expect(isinstance(raw_inputs, list) and raw_inputs, "inputs must be a non-empty list")
+    _expect(isinstance(raw_inputs, list) and bool(raw_inputs), "inputs must be a non-empty list")
     inputs: dict[str, TensorRef] = {}
     offset = json_length
     for i, raw in enumerate(raw_inputs):

@@ -333,7 +333,7 @@ class RolloutSpec(StrictModel):
                 raise ValueError(f"rollback.{key} ({bad:g}) must be <= success.{key} ({ok:g})")
         return self
 
-    def _holding(self, index: int) -> Step | None:
+    def _holding(self, index: int) -> float | str | None:
         """The weight step in force at `index`: a pause holds the one before it (None: none)."""
         for step in reversed(self.steps[: index + 1]):
             if not isinstance(step, PauseStep):

@@ -312,7 +312,7 @@ class GatewayApp:
                 backoff = min(backoff * 2, 2.0)
                 continue
             if key is not None:
-                self.tokens.set_key(key)
+                self.tokens.set_key(key if isinstance(key, bytes) else key.encode())
 
     async def _reload(self, path: str) -> None:
         try:

@@ -143,7 +143,7 @@ class PredictionRecords:
         # Read the local buffers before awaiting Redis: a record not in them by then is written.
         local = {**self._writing.get(request_id, {}), **self._pending.get(request_id, {})}
         stored = await client.hgetall(self.keys.prediction(request_id))
-        fields: dict[str, bytes | str] = {k.decode(): v for k, v in stored.items()}
+        fields: dict[str, bytes | str] = {text(k): v for k, v in stored.items()}
         fields.update(local)
         answers = {
             name[2:]: unpack_answer(blob if isinstance(blob, bytes) else blob.encode())

@@ -85,7 +85,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
         self.app = config.loaded_app
         self.loop = _loop or asyncio.get_event_loop()
         self.root_path = config.root_path
-        self.keep_alive_s = config.timeout_keep_alive
+        self.keep_alive_s = float(config.timeout_keep_alive)  # uvicorn passes int or float
         self.max_concurrency = config.limit_concurrency
         self.server_state = server_state
         self.app_state = app_state
@@ -128,7 +128,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self.server_state.connections.add(self)
+        self.server_state.connections.add(self)  # type: ignore[arg-type]
         self.transport = transport
         server = _address(transport.get_extra_info("sockname"))
         client = _address(transport.get_extra_info("peername"))

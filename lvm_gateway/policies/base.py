@@ -198,7 +198,7 @@ def _load_builtin() -> None:
 
 def display_name(policy: Policy) -> str:
     """A subtree's name in X-Variant, metrics and rollouts: a leaf's variant, else its name."""
-    return getattr(policy, "variant", None) or getattr(policy, "name", type(policy).__name__)
+    return str(getattr(policy, "variant", None) or getattr(policy, "name", type(policy).__name__))
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,7 +69,7 @@ class Tmd:
             chosen = self.gate.top_k(tmd, self.top_k, exclude=excluded)
         except ValueError as exc:  # a TMD code out of range
             raise BadRequestError(f"invalid TMD code {tmd}: {exc}") from exc
-        masked = ()
+        masked: tuple[str, ...] = ()
         if excluded:
             preferred = self.gate.top_k(tmd, self.top_k)
             masked = tuple(self.experts[i] for i, _ in preferred if i in excluded)
