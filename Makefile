@@ -62,4 +62,4 @@ clean:
 	    sleep 0.1; done; \
 	} ; true
 	rm -rf $(VENV) .lvm-gateway .pytest_cache .ruff_cache build $(NATIVE)
-	rm -f lvm_gateway/*.so lvm_gateway/*/*.so
+	rm -f lvm_gateway/*.so lvm_gateway/*/*.so lvm_gateway/*/*/*.so
