@@ -76,6 +76,11 @@ def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def binary(value: bytes | str) -> bytes:
+    """A Redis reply as bytes (clients with decode_responses give str)."""
+    return value if isinstance(value, bytes) else value.encode()
+
+
 def open_client(url: str, timeout_s: float = 2.0) -> aioredis.Redis:
     """The async client every part uses: fails fast when Redis is unreachable instead of hanging
     a command."""

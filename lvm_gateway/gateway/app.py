@@ -61,7 +61,7 @@ from lvm_gateway.gateway.records import PredictionRecords
 from lvm_gateway.gateway.reload import ConfigWatcher
 from lvm_gateway.gateway.upstream import UpstreamPool, error_body
 from lvm_gateway.policies.base import Decision, RequestInfo, RoutingView
-from lvm_gateway.redisconn import open_client, reraise_cancellation
+from lvm_gateway.redisconn import binary, open_client, reraise_cancellation
 
 log = logging.getLogger("lvm_gateway")
 
@@ -312,7 +312,7 @@ class GatewayApp:
                 backoff = min(backoff * 2, 2.0)
                 continue
             if key is not None:
-                self.tokens.set_key(key if isinstance(key, bytes) else key.encode())
+                self.tokens.set_key(binary(key))
 
     async def _reload(self, path: str) -> None:
         try:

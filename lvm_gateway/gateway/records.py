@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from lvm_gateway.contract.keys import RedisKeys
 from lvm_gateway.gateway.signals import Prediction
-from lvm_gateway.redisconn import text
+from lvm_gateway.redisconn import binary, text
 
 _SEP = "\x1f"
 MAX_PENDING = 50_000  # records kept while Redis is unreachable; older ones are dropped
@@ -146,7 +146,7 @@ class PredictionRecords:
         fields: dict[str, bytes | str] = {text(k): v for k, v in stored.items()}
         fields.update(local)
         answers = {
-            name[2:]: unpack_answer(blob if isinstance(blob, bytes) else blob.encode())
+            name[2:]: unpack_answer(binary(blob))
             for name, blob in fields.items()
             if name.startswith("a:")
         }

@@ -44,6 +44,7 @@ from lvm_gateway.redisconn import (
     redact_url,
     resolve_redis_url,
     stop_embedded,
+    text,
 )
 from lvm_gateway.rollout import ops
 from lvm_gateway.rollout.controller import reconcile_once, run_controller
@@ -223,7 +224,7 @@ async def controller_line(store: RolloutStore) -> Text:
             ("controller: not running", "bold red"),
             " (no live lease: start `lvm-gateway serve` or `rolloutctl controller`)",
         )
-    identity = (holder.decode() if isinstance(holder, bytes) else holder).split(":", 1)[-1]
+    identity = text(holder).split(":", 1)[-1]
     return Text(f"controller: {identity}", "dim")
 
 

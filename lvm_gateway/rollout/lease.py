@@ -13,6 +13,7 @@ import time
 import redis.asyncio as aioredis
 
 from lvm_gateway.contract.keys import RedisKeys
+from lvm_gateway.redisconn import text
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -66,7 +67,7 @@ class Lease:
 
     async def holder(self) -> str | None:
         raw = await self.client.get(self.key)
-        return raw.decode() if isinstance(raw, bytes) else raw
+        return None if raw is None else text(raw)
 
     async def release(self) -> None:
         if self.value is not None:
