@@ -1,8 +1,9 @@
 """The request path compiled to C with mypyc, and never a stale build.
 
-`make` compiles the modules below (`make native`: `main(["build"])`, ~3 min) before test, demo
+`make` compiles the modules below (`make native`: `main(["build"])`, 1-3 min) before test, demo
 and bench: the same source, its type hints turned into C types, runs the app's Python per request
-~3x faster (bench/app_path.py). The extensions sit beside their sources, and Python
+in ~0.7 of the time in-process (bench/app_path.py) and a worker's request in ~0.8 of the CPU
+(README, "The compiled request path"). The extensions sit beside their sources, and Python
 imports an extension before a source of the same name, so a source edited after the build would
 silently run its old compiled code. The build records each source's digest; at import, when one
 differs, all the compiled modules load from source instead (all: compiled modules call each

@@ -20,7 +20,7 @@ EXTENSIONS = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 def _origins(env: dict[str, str]) -> dict[str, str]:
     """Where each compiled module is loaded from in a fresh interpreter."""
     code = (
-        "import importlib, json, sys; from lvm_gateway import native; "
+        "import importlib, json; from lvm_gateway import native; "
         "print(json.dumps({m: importlib.import_module(m).__file__ for m in native.MODULES}))"
     )
     out = subprocess.run(
