@@ -160,7 +160,7 @@ def build() -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args == ["build"]:
-        print(f"compiling {len(MODULES)} modules with mypyc (~3 min on 2 cores)", flush=True)
+        print(f"compiling {len(MODULES)} modules with mypyc (1-3 min on 2 cores)", flush=True)
         started = time.monotonic()
         build()
         print(f"compiled {len(MODULES)} modules in {time.monotonic() - started:.0f} s")
