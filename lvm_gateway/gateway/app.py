@@ -51,6 +51,7 @@ from lvm_gateway.gateway.feedback import FeedbackIntake
 from lvm_gateway.gateway.headers import upstream_request_headers
 from lvm_gateway.gateway.ids import FeedbackTokens, client_id, new_gateway_id
 from lvm_gateway.gateway.metrics import (
+    FLUSH_INTERVAL_S,
     EndpointsCollector,
     MetricsRecorder,
     RecordsCollector,
@@ -193,6 +194,7 @@ class GatewayApp:
         self.redis = open_client(self.redis_url, timeout_s=1.0)
         await self.dataplane.start(self.config)
         self._background(self._flush_records())
+        self._background(self._flush_metrics())
         if not self.tokens.ready:
             # Start-up may wait a moment for the key, so the first answers can be recorded.
             task = asyncio.create_task(self._share_token_key())
@@ -217,6 +219,7 @@ class GatewayApp:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.mirror.drain(timeout_s=2.0)
+        self.metrics.flush()  # with --workers N, into the files a sibling's scrape reads
         await self.dataplane.stop()
         if self.redis is not None:
             with contextlib.suppress(RedisError, OSError):
@@ -294,6 +297,11 @@ class GatewayApp:
                 await asyncio.sleep(1.0)
                 continue
             failing = False
+
+    async def _flush_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            self.metrics.flush()
 
     async def _share_token_key(self) -> None:
         """Every replica signs feedback tokens with one random key, created once in Redis. Until
@@ -591,6 +599,7 @@ class GatewayApp:
         return 200, b'{"status":"ok"}', _JSON
 
     async def _metrics(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
+        self.metrics.flush()
         return 200, generate_latest(self._exposed_registry()), CONTENT_TYPE_LATEST.encode()
 
     def _exposed_registry(self) -> CollectorRegistry:

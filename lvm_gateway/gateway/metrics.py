@@ -1,12 +1,16 @@
 """The one object that owns every Prometheus metric family of the gateway.
 
-Built with an injected registry so tests (and each app instance) get their own. Label children
-are cached because `.labels()` costs a lock and a dict build, and the hot path calls these
-methods on every request.
+Built with an injected registry so tests (and each app instance) get their own. What every
+request counts (its status, its latency, its variant's latency, an empty hit) is tallied in
+plain dicts and moved into prometheus_client by `flush`, before each scrape and every second:
+prometheus_client takes a lock per counter increment and per histogram observation, and walks
+the bucket bounds in Python, ~3.8 us per request in all (~4% of a worker's CPU on small
+bodies); the tally costs ~0.4 us. The rarer counters go to prometheus_client directly.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -25,6 +29,9 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 CIRCUIT_STATES = {"closed": 0, "open": 1, "half_open": 2}
+# How often a worker moves its tallies into prometheus_client (gateway/app.py): with --workers N
+# another worker may answer the scrape, and it reads the shared files, not this worker's dicts.
+FLUSH_INTERVAL_S = 1.0
 
 
 # The judge's evidence per test, from the controller's latest analysis (docs/judge.md).
@@ -276,28 +283,44 @@ class MetricsRecorder:
             ["policy", "expert"],
             registry=registry,
         )
-        self._upstream: dict[str, Histogram] = {}
-        self._empty: dict[tuple[str, str], Counter] = {}
-        self._requests: dict[tuple[str, str, int], Counter] = {}
-        self._latency: dict[tuple[str, str], Histogram] = {}
+        self._requests: dict[tuple[str, str, int], int] = {}
+        self._latency: dict[tuple[str, str], _Tally] = {}
+        self._upstream: dict[str, _Tally] = {}
+        self._empty: dict[tuple[str, str], int] = {}
 
     def request(self, route: str, variant: str, status: int, seconds: float) -> None:
         key = (route, variant, status)
-        child = self._requests.get(key)
-        if child is None:
-            child = self._requests[key] = self.requests.labels(route, variant, str(status))
-        child.inc()
+        self._requests[key] = self._requests.get(key, 0) + 1
         lkey = (route, variant)
-        hist = self._latency.get(lkey)
-        if hist is None:
-            hist = self._latency[lkey] = self.latency.labels(route, variant)
-        hist.observe(seconds)
+        tally = self._latency.get(lkey)
+        if tally is None:
+            tally = self._latency[lkey] = _Tally()
+        tally.observe(seconds)
 
     def upstream(self, variant: str, seconds: float) -> None:
-        hist = self._upstream.get(variant)
-        if hist is None:
-            hist = self._upstream[variant] = self.upstream_latency.labels(variant)
-        hist.observe(seconds)
+        tally = self._upstream.get(variant)
+        if tally is None:
+            tally = self._upstream[variant] = _Tally()
+        tally.observe(seconds)
+
+    def empty_hit(self, variant: str, lane: str) -> None:
+        key = (variant, lane)
+        self._empty[key] = self._empty.get(key, 0) + 1
+
+    def flush(self) -> None:
+        """Move the tallies since the last flush into prometheus_client."""
+        requests, self._requests = self._requests, {}
+        for (route, variant, status), n in requests.items():
+            self.requests.labels(route, variant, str(status)).inc(n)
+        latency, self._latency = self._latency, {}
+        for (route, variant), tally in latency.items():
+            tally.add_to(self.latency.labels(route, variant))
+        upstream, self._upstream = self._upstream, {}
+        for variant, tally in upstream.items():
+            tally.add_to(self.upstream_latency.labels(variant))
+        empty, self._empty = self._empty, {}
+        for (variant, lane), n in empty.items():
+            self.empty_hits.labels(variant, lane).inc(n)
 
     def expert(self, policy: str, expert: str, outcome: str) -> None:
         self.experts.labels(policy, expert, outcome).inc()
@@ -310,13 +333,6 @@ class MetricsRecorder:
         self.upstream_errors.labels(variant, kind).inc()
         if kind == "invalid_prediction":
             self.invalid_predictions.labels(variant).inc()
-
-    def empty_hit(self, variant: str, lane: str) -> None:
-        key = (variant, lane)
-        child = self._empty.get(key)
-        if child is None:
-            child = self._empty[key] = self.empty_hits.labels(variant, lane)
-        child.inc()
 
     def hits(self, variant: str, lane: str, hits: dict[int, bool]) -> None:
         self.scored.labels(variant, lane).inc()
@@ -344,3 +360,28 @@ class MetricsRecorder:
 
     def bad_request(self, route: str) -> None:
         self.bad_requests.labels(route).inc()
+
+
+class _Tally:
+    """One histogram child's observations since the last flush: a count per bucket (the last
+    for +Inf) and their sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        # A bucket holds the values up to and including its bound, as prometheus_client's do.
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def add_to(self, child: Histogram) -> None:
+        # prometheus_client has no public call that adds many observations at once. A child
+        # keeps one value per bucket (not cumulative: the exposition sums them) and the sum;
+        # observe() increments exactly these (tests/unit/test_metrics.py compares the two).
+        for bucket, n in zip(child._buckets, self.counts, strict=True):
+            if n:
+                bucket.inc(n)
+        child._sum.inc(self.total)
