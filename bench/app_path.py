@@ -3,7 +3,7 @@
 The app (`GatewayApp`, with its real data plane on a real Redis) is called with ASGI messages
 in this process, one request at a time, and the upstream exchange is replaced by the answer a
 real `lvm-serve --profile stub` gave (768 numbers and 10 neighbours, 3.6 KB, with its headers):
-`EndpointPool.request` returns it without a socket. So the figure is the app's Python alone
+a `MockTransport` returns it without a socket. So the figure is the app's Python alone
 (routing, policy, inspection, records, metrics, windows, the data plane's own background work)
 with warm caches: a floor, not what a worker pays (`make bench` measures that: the server, the
 sockets and the kernel come on top). Single rounds still move by 20% on this VM; the minimum
@@ -40,8 +40,9 @@ from bench.proxy_bench import (
     start_upstreams,
 )
 from lvm_gateway.config.load import parse_config
-from lvm_gateway.gateway import h1pool
 from lvm_gateway.gateway.app import GatewayApp
+from lvm_gateway.gateway.transport import MockTransport
+from lvm_gateway.gateway.upstream import UpstreamPool
 from lvm_gateway.rollout.agent.dataplane import RolloutDataPlane
 
 # The configurations measured, as proxy_bench's rows of the same names build them.
@@ -91,7 +92,9 @@ async def _measure(
     return per_request
 
 
-async def _run(bench: Bench, requests: int, rounds: int) -> dict[str, list[float]]:
+async def _run(
+    bench: Bench, upstream: MockTransport, requests: int, rounds: int
+) -> dict[str, list[float]]:
     apps: dict[str, GatewayApp] = {}
     for name, build in CONFIGS.items():
         config = parse_config(build(bench))
@@ -102,7 +105,9 @@ async def _run(bench: Bench, requests: int, rounds: int) -> dict[str, list[float
             identity=f"{socket.gethostname()}:{os.getpid()}:{name}",
             state_dir=bench.harness.workdir,
         )
-        apps[name] = GatewayApp(config, plane, bench.redis_url, watch=False)
+        apps[name] = GatewayApp(
+            config, plane, bench.redis_url, watch=False, upstreams=UpstreamPool(upstream.factory)
+        )
     for app in apps.values():
         await app.startup()
     try:
@@ -112,16 +117,11 @@ async def _run(bench: Bench, requests: int, rounds: int) -> dict[str, list[float
             await app.shutdown()
 
 
-def _canned_upstream(url: str) -> None:
+def _canned_upstream(url: str) -> MockTransport:
     """Every upstream call answers what `url` answered once, without a socket."""
     answer = httpx.post(f"{url}/infer", content=REQUEST_BODY)
     headers = list(answer.headers.raw)
-    body = answer.content
-
-    async def request(self: h1pool.EndpointPool, *args: Any, **kwargs: Any) -> h1pool.Response:
-        return answer.status_code, list(headers), body, time.perf_counter()
-
-    h1pool.EndpointPool.request = request  # type: ignore[method-assign]
+    return MockTransport(lambda *_: (answer.status_code, list(headers), answer.content))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     with stop_on_signals(), tempfile.TemporaryDirectory() as tmp, Harness(Path(tmp)) as h:
         bench = Bench(h, "stub")
         start_upstreams(bench)
-        _canned_upstream(bench.upstream_url)
-        result = uvloop.run(_run(bench, args.requests, args.rounds))
+        upstream = _canned_upstream(bench.upstream_url)
+        result = uvloop.run(_run(bench, upstream, args.requests, args.rounds))
     base = min(result["default"])
     print(f"\nCPU per request over {args.rounds} rounds of {args.requests} (min, median):")
     for name, values in result.items():

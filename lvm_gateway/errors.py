@@ -20,6 +20,11 @@ LvmGatewayError                 base; never escapes to a client as a 500
     ├── UpstreamStatusError     502, the variant answered 5xx
     ├── InvalidPredictionError  502, NaN/Inf or wrong-dimension prediction
     └── CircuitOpenError        502, no endpoint of the variant may be tried
+
+ConnectionError (the OSError family a socket raises), from an upstream transport; translated
+into the UpstreamError family by gateway.upstream
+├── ConnectionLostError         closed before a complete response
+└── BadResponseError            a response that cannot be trusted: not retried
 """
 
 from __future__ import annotations
@@ -131,3 +136,16 @@ class InvalidPredictionError(UpstreamError):
 
 class CircuitOpenError(UpstreamError):
     kind = "circuit_open"
+
+
+class ConnectionLostError(ConnectionError):
+    """The connection closed before a complete response; `received`: any byte of it arrived."""
+
+    def __init__(self, message: str, received: bool) -> None:
+        super().__init__(message)
+        self.received = received
+
+
+class BadResponseError(ConnectionError):
+    """The upstream's response cannot be trusted (framing, syntax, size): the connection is
+    discarded and the request is not retried on it."""

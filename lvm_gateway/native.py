@@ -29,10 +29,10 @@ from pathlib import Path
 from types import ModuleType
 
 # What a request runs through, from the HTTP bytes to the answer's inspection, its record and
-# the rollout windows it counts in. Not here: bodies (its generator-based waits), h1pool
-# (bench/app_path.py stands in for its exchange by replacing a method, which a compiled class
-# does not allow; most of its time is the write syscall anyway) and the policies with pydantic
-# models in the module (a compiled pydantic class fails at import: `Field()` defaults).
+# the rollout windows it counts in. Not here: bodies (its generator-based waits) and the
+# policies with pydantic models in the module (a compiled pydantic class fails at import:
+# `Field()` defaults). A compiled class's methods cannot be replaced: in-process stand-ins go
+# through seams (transport.MockTransport).
 MODULES = (
     "lvm_gateway.contract.lvm",
     "lvm_gateway.contract.windows",
@@ -40,6 +40,7 @@ MODULES = (
     "lvm_gateway.gateway.circuit",
     "lvm_gateway.gateway.deadline",
     "lvm_gateway.gateway.dispatch",
+    "lvm_gateway.gateway.h1pool",
     "lvm_gateway.gateway.headers",
     "lvm_gateway.gateway.ids",
     "lvm_gateway.gateway.metrics",
@@ -47,6 +48,7 @@ MODULES = (
     "lvm_gateway.gateway.server",
     "lvm_gateway.gateway.signals",
     "lvm_gateway.gateway.translate",
+    "lvm_gateway.gateway.transport",
     "lvm_gateway.gateway.upstream",
     "lvm_gateway.policies.base",
     "lvm_gateway.rollout.agent.recorder",

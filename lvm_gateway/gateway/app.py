@@ -133,6 +133,7 @@ class GatewayApp:
         redis_url: str,
         registry: CollectorRegistry | None = None,
         watch: bool = True,
+        upstreams: UpstreamPool | None = None,
     ) -> None:
         self.config = config
         self.dataplane = dataplane
@@ -148,7 +149,7 @@ class GatewayApp:
             lambda: self.dataplane.notifications,
         )
         self.registry.register(self.rollout_collector)
-        self.pool = UpstreamPool()
+        self.pool = upstreams or UpstreamPool()  # in-process: UpstreamPool(MockTransport(...))
         self.circuits = Circuits({}, self.metrics.circuit)
         fb = config.spec.feedback
         self.records = PredictionRecords(config.spec.redis_prefix, fb.ttl_seconds, fb.sample_rate)

@@ -45,30 +45,14 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from lvm_gateway.errors import BadResponseError, ConnectionLostError
 from lvm_gateway.gateway.bodies import StreamedBody
-
-Headers = list[tuple[bytes, bytes]]
-# Status, response headers as received, body, and time.perf_counter() when its last byte was
-# read: the upstream's latency ends there, not when the awaiting task next runs on a busy loop.
-Response = tuple[int, Headers, bytes, float]
+from lvm_gateway.gateway.transport import Headers, Response
 
 # Methods whose requests carry a Content-Length even when empty (RFC 9110 8.6).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _JOIN_MAX = 64 * 1024  # larger bodies go with the head in one writev instead of a joined copy
 _HIGH_WATER = 1024 * 1024  # a streamed body waits while more than this is unsent
-
-
-class ConnectionLostError(ConnectionError):
-    """The connection closed before a complete response; `received`: any byte of it arrived."""
-
-    def __init__(self, message: str, received: bool) -> None:
-        super().__init__(message)
-        self.received = received
-
-
-class BadResponseError(ConnectionError):
-    """The upstream's response cannot be trusted (framing, syntax, size): the connection is
-    discarded and the request is not retried on it."""
 
 
 class _Conn(asyncio.Protocol):

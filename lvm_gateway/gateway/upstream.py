@@ -31,6 +31,7 @@ import orjson
 
 from lvm_gateway.config.spec import DEFAULT_RETRY, RetrySpec, VariantSpec
 from lvm_gateway.errors import (
+    BadResponseError,
     UpstreamConnectError,
     UpstreamError,
     UpstreamStatusError,
@@ -38,8 +39,9 @@ from lvm_gateway.errors import (
 )
 from lvm_gateway.gateway.bodies import StreamedBody
 from lvm_gateway.gateway.deadline import Deadline, DeadlineClock, clock_on_running_loop
-from lvm_gateway.gateway.h1pool import BadResponseError, EndpointPool
+from lvm_gateway.gateway.h1pool import EndpointPool
 from lvm_gateway.gateway.headers import end_to_end
+from lvm_gateway.gateway.transport import TransportFactory
 
 CONSECUTIVE_ERRORS = 5
 FAILURE_WINDOW_S = 10.0
@@ -79,9 +81,11 @@ class Endpoint:
         "url",
     )
 
-    def __init__(self, url: str, limit: int, tls: ssl.SSLContext | None) -> None:
+    def __init__(
+        self, url: str, limit: int, tls: ssl.SSLContext | None, transport: TransportFactory
+    ) -> None:
         self.url = url
-        self.pool = EndpointPool(url, limit, tls)
+        self.pool = transport(url, limit, tls)
         self.consecutive = 0
         self.ejections = 0
         self.ejected_until = 0.0
@@ -150,11 +154,13 @@ class RetryBudget:
 class VariantClient:
     __slots__ = ("_clock", "_next", "budget", "endpoints", "max_bytes", "name", "spec", "timeout_s")
 
-    def __init__(self, name: str, spec: VariantSpec) -> None:
+    def __init__(self, name: str, spec: VariantSpec, transport: TransportFactory) -> None:
         self.name = name
         self.spec = spec
         tls = spec.tls.context() if spec.tls is not None else None
-        self.endpoints = tuple(Endpoint(u, spec.max_connections, tls) for u in spec.endpoints)
+        self.endpoints = tuple(
+            Endpoint(u, spec.max_connections, tls, transport) for u in spec.endpoints
+        )
         self.timeout_s = spec.timeout_ms / 1000.0
         self.max_bytes = spec.max_response_bytes
         self.budget = RetryBudget()
@@ -259,9 +265,11 @@ class VariantClient:
 
 
 class UpstreamPool:
-    """One client per variant; a hot reload keeps the clients whose spec did not change."""
+    """One client per variant; a hot reload keeps the clients whose spec did not change.
+    `transport` makes each endpoint's (h1pool's by default; transport.MockTransport in-process)."""
 
-    def __init__(self) -> None:
+    def __init__(self, transport: TransportFactory = EndpointPool) -> None:
+        self.transport = transport
         self.clients: dict[str, VariantClient] = {}
         self._retired: list[VariantClient] = []
 
@@ -271,7 +279,9 @@ class UpstreamPool:
         for name, spec in variants.items():
             client = old.get(name)
             new[name] = (
-                client if client is not None and client.spec == spec else VariantClient(name, spec)
+                client
+                if client is not None and client.spec == spec
+                else VariantClient(name, spec, self.transport)
             )
         # Replaced clients may still carry in-flight requests: close them later, not now.
         self._retired.extend(c for n, c in old.items() if new.get(n) is not c)

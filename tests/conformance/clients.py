@@ -11,7 +11,8 @@ from typing import Protocol
 
 import aiohttp
 
-from lvm_gateway.gateway.h1pool import BadResponseError, EndpointPool
+from lvm_gateway.errors import BadResponseError
+from lvm_gateway.gateway.h1pool import EndpointPool
 
 LIMIT = 1 << 20
 

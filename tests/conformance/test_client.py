@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import pytest
 
-from lvm_gateway.gateway.h1pool import BadResponseError, ConnectionLostError
+from lvm_gateway.errors import BadResponseError, ConnectionLostError
 from tests.conformance.clients import CLIENTS, Client
 from tests.conformance.conftest import Handler, RawConn, RawRequest, RawServer, response
 

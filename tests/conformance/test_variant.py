@@ -21,6 +21,7 @@ from lvm_gateway.errors import (
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
+from lvm_gateway.gateway.h1pool import EndpointPool
 from lvm_gateway.gateway.upstream import CONSECUTIVE_ERRORS, VariantClient
 from lvm_gateway.procs import free_port
 from tests.conformance.conftest import Handler, Nginx, Pki, RawConn, RawRequest, RawServer, response
@@ -41,7 +42,8 @@ async def fail(req: RawRequest, conn: RawConn) -> bool:
 
 
 def variant(**fields: Any) -> VariantClient:
-    return VariantClient("v", VariantSpec.model_validate({"timeout_ms": 500, **fields}))
+    spec = VariantSpec.model_validate({"timeout_ms": 500, **fields})
+    return VariantClient("v", spec, EndpointPool)
 
 
 async def test_half_broken_variant_serves_from_the_healthy_endpoint(raw: MakeRaw) -> None:

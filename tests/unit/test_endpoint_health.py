@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from lvm_gateway.gateway.deadline import Deadline, DeadlineClock
+from lvm_gateway.gateway.h1pool import EndpointPool
 from lvm_gateway.gateway.upstream import (
     BASE_EJECTION_S,
     CONSECUTIVE_ERRORS,
@@ -20,7 +21,7 @@ from tests.asynckit import cancel_after
 
 
 def endpoint() -> Endpoint:
-    return Endpoint("http://127.0.0.1:9", 1, None)  # no connection is made here
+    return Endpoint("http://127.0.0.1:9", 1, None, EndpointPool)  # no connection is made here
 
 
 def test_consecutive_failures_eject_with_doubling_backoff() -> None:
