@@ -31,8 +31,8 @@ from types import ModuleType
 # What a request runs through, from the HTTP bytes to the answer's inspection, its record and
 # the rollout windows it counts in. Not here: bodies (its generator-based waits) and the
 # policies with pydantic models in the module (a compiled pydantic class fails at import:
-# `Field()` defaults). A compiled class's methods cannot be replaced: in-process stand-ins go
-# through seams (transport.MockTransport).
+# `Field()` defaults; the canary's are in canary_spec for this reason). A compiled class's
+# methods cannot be replaced: in-process stand-ins go through seams (transport.MockTransport).
 MODULES = (
     "lvm_gateway.contract.lvm",
     "lvm_gateway.contract.windows",
@@ -51,6 +51,7 @@ MODULES = (
     "lvm_gateway.gateway.transport",
     "lvm_gateway.gateway.upstream",
     "lvm_gateway.policies.base",
+    "lvm_gateway.policies.canary",
     "lvm_gateway.rollout.agent.recorder",
 )
 # The shared library of the compiled group, named inside the package so that it is importable

@@ -7,7 +7,6 @@ is reached the copy is dropped (and counted) rather than queued.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 
 from lvm_gateway.errors import BadRequestError, UpstreamError
 from lvm_gateway.gateway.dispatch import Call, Dispatcher
@@ -26,8 +25,7 @@ class Mirror:
         if len(self._tasks) >= self.max_inflight:
             self.metrics.mirror(decision.variant, "dropped")
             return
-        copy = replace(call, headers={**call.headers, "x-mirror": "1"})
-        task = asyncio.create_task(self._send(decision, copy))
+        task = asyncio.create_task(self._send(decision, call.mirrored()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -48,12 +48,15 @@ class Answer:
 
 
 _HEAD = struct.Struct("<fH")  # int8 scale, vector length
+_ABS, _PEAK, _RINT = np.abs, np.maximum.reduce, np.rint
 
 
 def pack_answer(values: np.ndarray, neighbor_ids: Sequence[str]) -> bytes:
-    peak = float(np.abs(values).max()) if values.size else 0.0
+    # Ufuncs called directly, from the values as inspected (float64 or float32): ndarray.max
+    # and np.round go through Python wrappers, and each step is a temporary (~1 us apiece).
+    peak = float(_PEAK(_ABS(values))) if values.size else 0.0
     scale = peak / 127.0 if peak > 0 else 1.0
-    quantized = np.round(values / scale).astype(np.int8).tobytes()
+    quantized = _RINT(values * (1.0 / scale)).astype(np.int8).tobytes()
     return _HEAD.pack(scale, values.size) + quantized + _SEP.join(neighbor_ids).encode()
 
 
@@ -111,7 +114,7 @@ class PredictionRecords:
                 fields["cid"] = client_id
         if served:
             fields["served"] = variant
-        fields[f"a:{variant}"] = pack_answer(pred.vector(), pred.neighbor_ids)
+        fields[f"a:{variant}"] = pack_answer(pred.values, pred.neighbor_ids)
 
     async def flush(self, client: aioredis.Redis) -> int:
         """Write the buffer in one pipeline; on failure the records stay for the next try."""

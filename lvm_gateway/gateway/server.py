@@ -481,7 +481,8 @@ class _Exchange:
         keep_alive = self.keep_alive and not conn.draining
         length: int | None = None
         chunked = close = False
-        lines = []
+        # Four pieces per line, joined once: %-formatting each line was ~1% of a worker (perf).
+        pieces: list[bytes] = []
         for name, value in headers:
             name = name.lower()
             if name == b"content-length" and length is None and not chunked:
@@ -493,10 +494,10 @@ class _Exchange:
             ]:
                 keep_alive = False
                 close = True
-            lines.append(b"%s: %s\r\n" % (name, value))
-        block = b"".join(lines)
+            pieces += (name, b": ", value, b"\r\n")
+        block = b"".join(pieces)
         # A CR LF inside a value would read as a line of its own: hence the count.
-        if block.count(b"\n") != len(lines) or _HEADER_LINES.fullmatch(block) is None:
+        if block.count(b"\n") * 4 != len(pieces) or _HEADER_LINES.fullmatch(block) is None:
             raise RuntimeError("Invalid HTTP header name or value.")
         if not keep_alive and not close:
             block += b"connection: close\r\n"

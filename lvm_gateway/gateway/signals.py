@@ -59,9 +59,6 @@ class Prediction:
     neighbor_ids: Sequence[str]
     neighbor_scores: Sequence[float]
 
-    def vector(self) -> np.ndarray:
-        return self.values.astype(np.float32, copy=False)
-
     @property
     def best_score(self) -> float | None:  # None when the server returned no neighbours
         return max(self.neighbor_scores, default=None)

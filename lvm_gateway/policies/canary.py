@@ -13,22 +13,18 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated
 
-from pydantic import BeforeValidator, Field
-
-from lvm_gateway.contract.strict import StrictModel
 from lvm_gateway.policies.base import (
     BuildContext,
     Decision,
     Policy,
     PolicyPlugin,
-    PolicySpec,
     RequestInfo,
     RoutingView,
     display_name,
     register,
 )
+from lvm_gateway.policies.canary_spec import CanaryParams
 
 _SCALE = 100.0 / 2**64
 
@@ -37,30 +33,6 @@ def bucket(key: str, salt: bytes) -> float:
     """Position of a sticky key in [0, 100): uniform, stable across processes and restarts."""
     digest = hashlib.blake2b(key.encode(), digest_size=8, key=salt).digest()
     return int.from_bytes(digest, "big") * _SCALE
-
-
-class StickySpec(StrictModel):
-    header: str = "X-User-Id"
-
-
-class MirrorSpec(StrictModel):
-    variant: str
-    percent: float = Field(default=100, ge=0, le=100)
-
-
-def _false_is_off(value: object) -> object:
-    """`sticky: false` opts out of stickiness (held as None)."""
-    return None if value is False else value
-
-
-class CanaryParams(StrictModel):
-    stable: PolicySpec
-    canary: PolicySpec
-    weight: float = Field(default=0, ge=0, le=100)
-    # Sticky by default: one user must not flip between variants from request to request.
-    sticky: Annotated[StickySpec | None, BeforeValidator(_false_is_off)] = StickySpec()
-    mirror: MirrorSpec | None = None
-    salt: str | None = Field(default=None, max_length=64)
 
 
 @dataclass(frozen=True, slots=True)

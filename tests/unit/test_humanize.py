@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from lvm_gateway.config.spec import ConfigSpec
 from lvm_gateway.contract.humanize import did_you_mean, humanize
-from lvm_gateway.policies.canary import CanaryParams
+from lvm_gateway.policies.canary_spec import CanaryParams
 
 PYDANTIC_WORDS = ("Input should", "tuple", "ConfigSpec", "VariantSpec", "NoneType", "dict[",
                   "literal[", "function-after", "Extra inputs")  # fmt: skip

@@ -46,10 +46,10 @@ def test_valid_answer_and_empty_hit() -> None:
     assert p.neighbor_ids == ["c1", "c2"] and p.best_score == pytest.approx(0.3) and p.empty
     assert not inspect_answer(answer(v, [{"id": "c1", "score": 0.45}]), "x").empty
     assert inspect_answer(answer(v), "x").empty  # no neighbours at all
-    assert np.array_equal(p.vector(), np.asarray(v, dtype=np.float32))
+    assert np.array_equal(p.values, np.asarray(v))
     # Other arrays in the answer (here a server's own field) and integers in the vector are fine.
     doc = {"predicted_vector": [0, *v[1:]], "neighbors": [], "model": {"layers": [1, 2]}}
-    assert inspect_answer(orjson.dumps(doc), "x").vector()[0] == 0.0
+    assert inspect_answer(orjson.dumps(doc), "x").values[0] == 0.0
     # A `[` inside a string is no array: the bracket count only decides whether the vector's
     # elements are checked one by one, and they are numbers.
     p = inspect_answer(answer(v, [{"id": "c[1]", "score": 0.5}, {"id": "[", "score": 0.45}]), "x")
