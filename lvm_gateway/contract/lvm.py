@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import orjson
 
 from lvm_gateway.errors import BadRequestError
 
-DIM = 768
-N_LANES = 16  # TMD domains
-N_TASKS = 32
-N_MODIFIERS = 64
+DIM: Final = 768
+N_LANES: Final = 16  # TMD domains
+N_TASKS: Final = 32
+N_MODIFIERS: Final = 64
 HIT_THRESHOLDS: dict[int, float] = {1: 0.8, 5: 0.6, 10: 0.4}
-EMPTY_HIT_THRESHOLD = 0.4
+EMPTY_HIT_THRESHOLD: Final = 0.4
 
 Tmd = tuple[int, int, int]
 TMD_FIELDS: tuple[tuple[str, int], ...] = (
@@ -31,17 +31,17 @@ TMD_FIELDS: tuple[tuple[str, int], ...] = (
     ("task", N_TASKS),
     ("modifier", N_MODIFIERS),
 )
-NO_LANE = "none"  # a request without a (valid) TMD domain
+NO_LANE: Final = "none"  # a request without a (valid) TMD domain
 
 # Header names, lower-case as the ASGI server gives them. X-TMD-Lane is an alias of the domain.
-_DOMAIN_HEADERS = ("x-tmd-domain", "x-tmd-lane")
+_DOMAIN_HEADERS: Final = ("x-tmd-domain", "x-tmd-lane")
 _TASK_HEADER, _MODIFIER_HEADER = "x-tmd-task", "x-tmd-modifier"
 # The domain of a body's tmd_codes, found without parsing megabytes of context vectors.
-_BODY_DOMAIN = re.compile(rb'"tmd_codes"\s*:\s*\[\s*(-?\d+)')
-TMD_SCAN_BYTES = 512
+_BODY_DOMAIN: Final = re.compile(rb'"tmd_codes"\s*:\s*\[\s*(-?\d+)')
+TMD_SCAN_BYTES: Final = 512
 
 
-_LANE_NAMES = tuple(f"lane_{d}" for d in range(N_LANES))  # named once, not per request
+_LANE_NAMES: Final = tuple(f"lane_{d}" for d in range(N_LANES))  # named once, not per request
 
 
 def lane_name(domain: int | None) -> str:

@@ -17,15 +17,16 @@ Every name is defined here once: the gateway writes them, the analysis reads the
 from __future__ import annotations
 
 from bisect import bisect_left
+from typing import Final
 
 from lvm_gateway.contract.lvm import HIT_THRESHOLDS
 
-REQUESTS = "n"
-ERRORS = "err"
-FEEDBACK = "feedback"
-EMPTY = "empty"
-INVALID = "invalid"
-DIVERTED = "diverted"
+REQUESTS: Final = "n"
+ERRORS: Final = "err"
+FEEDBACK: Final = "feedback"
+EMPTY: Final = "empty"
+INVALID: Final = "invalid"
+DIVERTED: Final = "diverted"
 
 
 def hit(k: int) -> str:
@@ -40,16 +41,18 @@ LATENCY_BOUNDS_MS: tuple[float, ...] = (
     0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 9, 10, 12.5, 15, 17.5, 20,
     25, 30, 40, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2500, 5000, 10000,
 )  # fmt: skip
-LATENCY_BOUNDS_S: tuple[float, ...] = tuple(b / 1000 for b in LATENCY_BOUNDS_MS)
-LATENCY_FIELDS: tuple[str, ...] = tuple(f"lat:{i}" for i in range(len(LATENCY_BOUNDS_MS) + 1))
+LATENCY_BOUNDS_S: Final[tuple[float, ...]] = tuple(b / 1000 for b in LATENCY_BOUNDS_MS)
+LATENCY_FIELDS: Final[tuple[str, ...]] = tuple(
+    f"lat:{i}" for i in range(len(LATENCY_BOUNDS_MS) + 1)
+)
 
 COUNTERS: frozenset[str] = frozenset(
     {REQUESTS, ERRORS, FEEDBACK, EMPTY, INVALID, DIVERTED, *HITS.values(), *LATENCY_FIELDS}
 )
 
 # Windows are time buckets of this many seconds, kept in Redis this long.
-BUCKET_SECONDS = 5
-WINDOW_TTL_SECONDS = 900
+BUCKET_SECONDS: Final = 5
+WINDOW_TTL_SECONDS: Final = 900
 
 
 def latency_field(latency_s: float) -> str:

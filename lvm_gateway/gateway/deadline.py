@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
-_EARLY_S = 0.001  # a loop timer may fire this much before its time (uvloop: milliseconds)
-_COMPACT_MIN = 1024  # DeadlineClock: queue length that first triggers a compaction
+_EARLY_S: Final = 0.001  # a loop timer may fire this much before its time (uvloop: milliseconds)
+_COMPACT_MIN: Final = 1024  # DeadlineClock: queue length that first triggers a compaction
 
 
 class Deadline:

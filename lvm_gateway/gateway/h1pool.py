@@ -41,6 +41,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Final
 from urllib.parse import urlsplit
 
 import httptools
@@ -50,9 +51,10 @@ from lvm_gateway.gateway.bodies import StreamedBody
 from lvm_gateway.gateway.transport import Headers, Response
 
 # Methods whose requests carry a Content-Length even when empty (RFC 9110 8.6).
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-_JOIN_MAX = 64 * 1024  # larger bodies go with the head in one writev instead of a joined copy
-_HIGH_WATER = 1024 * 1024  # a streamed body waits while more than this is unsent
+_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+# Larger bodies go with the head in one writev instead of a joined copy.
+_JOIN_MAX: Final = 64 * 1024
+_HIGH_WATER: Final = 1024 * 1024  # a streamed body waits while more than this is unsent
 
 
 class _Conn(asyncio.Protocol):

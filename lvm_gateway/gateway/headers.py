@@ -14,16 +14,18 @@ a plain body it can read. Uninspected routes forward the client's `Accept-Encodi
 
 from __future__ import annotations
 
-HOP_BY_HOP = frozenset(
+from typing import Final
+
+HOP_BY_HOP: Final = frozenset(
     {"connection", "proxy-connection", "keep-alive", "te", "trailer", "transfer-encoding",
      "upgrade"}
 )  # fmt: skip
-_NOT_FORWARDED = HOP_BY_HOP | {
+_NOT_FORWARDED: Final = HOP_BY_HOP | {
     "host", "content-length", "expect", "proxy-authorization", "x-mirror", "x-forwarded-proto"
 }  # fmt: skip
 # The gateway writes these on every answer (framing, its own X-Request-Id and X-Variant; its
 # server adds Date and Server, which would otherwise appear twice, as nginx's proxy hides them).
-_NOT_RETURNED = frozenset(
+_NOT_RETURNED: Final = frozenset(
     name.encode()
     for name in (*HOP_BY_HOP, "content-length", "content-type", "x-request-id", "x-variant",
                  "date", "server")

@@ -21,13 +21,14 @@ import os
 import random
 import re
 from collections.abc import Callable
+from typing import Final
 
 from lvm_gateway.errors import BadRequestError
 
-GATEWAY_ID_BYTES = 12
-_GATEWAY_ID = re.compile(r"[0-9a-f]{24}")
-_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_MAC_HEX = 32  # 128 bits of the HMAC are enough to make forging hopeless
+GATEWAY_ID_BYTES: Final = 12
+_GATEWAY_ID: Final = re.compile(r"[0-9a-f]{24}")
+_CLIENT_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_MAC_HEX: Final = 32  # 128 bits of the HMAC are enough to make forging hopeless
 
 
 _bits: Callable[[int], int]

@@ -13,6 +13,7 @@ import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -21,9 +22,9 @@ from lvm_gateway.contract.keys import RedisKeys
 from lvm_gateway.gateway.signals import Prediction
 from lvm_gateway.redisconn import binary, text
 
-_SEP = "\x1f"
-MAX_PENDING = 50_000  # records kept while Redis is unreachable; older ones are dropped
-FLUSH_CHUNK = 500  # records per script call: bounded Redis blocking time per call
+_SEP: Final = "\x1f"
+MAX_PENDING: Final = 50_000  # records kept while Redis is unreachable; older ones are dropped
+FLUSH_CHUNK: Final = 500  # records per script call: bounded Redis blocking time per call
 
 # One call writes a whole chunk: a pipeline of HSET+PEXPIRE per record costs ~2x the Python
 # (command packing and reply parsing) on the gateway's event loop, measured at 1,000 records.
@@ -47,8 +48,10 @@ class Answer:
     neighbor_ids: tuple[str, ...]
 
 
-_HEAD = struct.Struct("<fH")  # int8 scale, vector length
-_ABS, _PEAK, _RINT = np.abs, np.maximum.reduce, np.rint
+_HEAD: Final = struct.Struct("<fH")  # int8 scale, vector length
+_ABS: Final = np.abs
+_PEAK: Final = np.maximum.reduce
+_RINT: Final = np.rint
 
 
 def pack_answer(values: np.ndarray, neighbor_ids: Sequence[str]) -> bytes:

@@ -33,7 +33,7 @@ import os
 import re
 import urllib.parse
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 import httptools
 from uvicorn.config import Config
@@ -42,15 +42,17 @@ from uvicorn.server import ServerState
 
 # Set by `lvm-gateway serve --client-header-timeout` in the environment every worker inherits.
 HEADER_TIMEOUT_ENV = "LVMGW_CLIENT_HEADER_TIMEOUT"
-DEFAULT_HEADER_TIMEOUT_S = 10.0
-_REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_BAD_REQUEST = "Invalid HTTP request received."
+DEFAULT_HEADER_TIMEOUT_S: Final = 10.0
+_REQUEST_TIMEOUT: Final = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+)
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_BAD_REQUEST: Final = "Invalid HTTP request received."
 # Body bytes a connection reads ahead of the app before it stops reading. uvicorn's 64 KiB
 # paused and resumed reading around every 256 KiB socket read of a large body (two io_uring
 # submissions and a loop iteration each, measured with strace); the app takes each piece as it
 # arrives and charges the body to its budget, so this only bounds a body the app does not read.
-READ_AHEAD_BYTES = 1024 * 1024
+READ_AHEAD_BYTES: Final = 1024 * 1024
 
 
 def _status_line(status: int) -> bytes:
@@ -61,13 +63,15 @@ def _status_line(status: int) -> bytes:
     return f"HTTP/1.1 {status} {phrase}\r\n".encode()
 
 
-_STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
+_STATUS_LINES: Final = {status: _status_line(status) for status in range(100, 600)}
 # A response head's header lines, checked at once: token names, values without control
 # characters (a CR or LF from the app would split the response).
-_HEADER_LINES = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9a-z]+: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
-_NO_BODY_STATUSES = (204, 304)
+_HEADER_LINES: Final = re.compile(
+    rb"(?:[!#$%&'*+\-.^_`|~0-9a-z]+: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*"
+)
+_NO_BODY_STATUSES: Final = (204, 304)
 
-log = logging.getLogger("uvicorn.error")
+log: Final = logging.getLogger("uvicorn.error")
 
 
 class GatewayHttpProtocol(asyncio.Protocol):

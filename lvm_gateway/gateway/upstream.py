@@ -25,7 +25,7 @@ import asyncio
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -43,15 +43,15 @@ from lvm_gateway.gateway.h1pool import EndpointPool
 from lvm_gateway.gateway.headers import end_to_end
 from lvm_gateway.gateway.transport import TransportFactory
 
-CONSECUTIVE_ERRORS = 5
-FAILURE_WINDOW_S = 10.0
-FAILURE_MIN_REQUESTS = 20
-FAILURE_RATIO = 0.5
-BASE_EJECTION_S = 2.0
-MAX_EJECTION_S = 60.0
-RETRY_RATIO = 0.2
-RETRY_MIN_PER_S = 10.0
-RETRY_MAX_TOKENS = 20.0
+CONSECUTIVE_ERRORS: Final = 5
+FAILURE_WINDOW_S: Final = 10.0
+FAILURE_MIN_REQUESTS: Final = 20
+FAILURE_RATIO: Final = 0.5
+BASE_EJECTION_S: Final = 2.0
+MAX_EJECTION_S: Final = 60.0
+RETRY_RATIO: Final = 0.2
+RETRY_MIN_PER_S: Final = 10.0
+RETRY_MAX_TOKENS: Final = 20.0
 # The error kinds a route's `retry.on` names.
 _RETRY_KIND = {"connect": "connect", "status": "5xx", "timeout": "timeout"}
 

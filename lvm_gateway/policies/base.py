@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import orjson
 
@@ -27,7 +27,7 @@ from lvm_gateway.contract.oip import RequestHead, request_tmd
 from lvm_gateway.contract.strict import StrictModel
 from lvm_gateway.errors import BadRequestError, UnknownPluginError
 
-CONTEXT_LENGTH_HEADER = "x-context-length"
+CONTEXT_LENGTH_HEADER: Final = "x-context-length"
 
 
 class RequestInfo:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 from lvm_gateway.policies.base import (
     BuildContext,
@@ -26,10 +27,10 @@ from lvm_gateway.policies.base import (
 )
 from lvm_gateway.policies.canary_spec import CanaryParams
 
-_SCALE = 100.0 / 2**64
+_SCALE: Final = 100.0 / 2**64
 # Sticky keys whose position a split remembers: the keyed hash is ~1 us, a hit ~0.05; a user
 # sends many requests. Past this many the memory is cleared (~2 MB at most).
-POSITIONS_KEPT = 16_384
+POSITIONS_KEPT: Final = 16_384
 
 
 def bucket(key: str, salt: bytes) -> float:
