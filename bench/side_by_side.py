@@ -10,9 +10,12 @@ gives ratios of 0.89-1.12, median ~0.99.
     python -m bench.side_by_side                      # pure Python (a) vs compiled (b), this tree
     python -m bench.side_by_side --a /tmp/base        # another checkout (a) vs this tree (b)
 
-A checkout is imported through PYTHONPATH with this venv's packages; build it first, e.g.
-`git worktree add /tmp/base <rev> && ln -s $PWD/.venv /tmp/base/.venv &&
-PYTHONPATH=/tmp/base make -C /tmp/base native`.
+A checkout is imported through PYTHONPATH with this venv's packages. Build it without make
+(make there would reinstall this venv's editable package pointing at the checkout):
+
+    git worktree add /tmp/base <rev>
+    (cd /tmp/base && PYTHONPATH=$PWD LVM_GATEWAY_PURE=1 <this>/.venv/bin/python \
+        -c 'from lvm_gateway.native import main; main(["build"])')
 """
 
 from __future__ import annotations
@@ -82,7 +85,11 @@ def report(loads: dict[str, list[Load]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.side_by_side", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.side_by_side",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--a", type=Path, help="checkout of build a (default: this tree, pure)")
     p.add_argument("--b", type=Path, default=_HERE, help="checkout of build b (this tree)")
     p.add_argument("--config", choices=sorted(CONFIGS), default="default")
