@@ -5,6 +5,7 @@ messages, with a fake control plane behind the gateway's protocols and a real lo
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
@@ -17,8 +18,10 @@ import yaml
 from aiohttp import web
 
 from lvm_gateway.config.load import Config, parse_config
+from lvm_gateway.config.spec import RetrySpec
 from lvm_gateway.contract.windows import COUNTERS, EMPTY, ERRORS, INVALID, REQUESTS, lane_field
 from lvm_gateway.gateway.app import GatewayApp
+from lvm_gateway.gateway.dispatch import Call
 
 DIM = 768
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"  # the unit tests never need Redis
@@ -347,3 +350,22 @@ async def test_a_fixed_endpoint_that_fails_answers_502_not_500(app) -> None:
     r = await asgi(gw, "GET", "/metrics")
     assert r.status == 502 and r.json()["error"] == "gateway_error"
     assert (await asgi(gw, "GET", "/healthz")).status == 200
+
+
+def test_a_mirrored_call_keeps_every_field_but_its_headers() -> None:
+    """`Call.mirrored` lists the constructor's arguments by hand (a compiled class cannot be
+    copied generically): a field added to Call and not to the copy fails here."""
+    call = Call(
+        "/infer?x=1", b"{}", {"x-request-id": "r1"}, "gw1", "lane_3", "c1", True, "PUT",
+        "oip-v2", None, "lvm", "?x=1", lambda: "lane_4", RetrySpec(attempts=2),
+    )  # fmt: skip
+    call.translated["lvm-json"] = (b"{}", {})
+    copy = call.mirrored()
+    assert copy.headers == {"x-request-id": "r1", "x-mirror": "1"}
+    assert call.headers == {"x-request-id": "r1"}
+    # Its attributes, compiled or not (a compiled class has no __slots__ to read).
+    fields = [n for n, v in vars(Call).items() if inspect.isdatadescriptor(v) and n[0] != "_"]
+    assert len(fields) == 15
+    for name in fields:
+        if name != "headers":
+            assert getattr(copy, name) is getattr(call, name), name
