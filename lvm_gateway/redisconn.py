@@ -316,12 +316,20 @@ def resolve_redis_url(explicit: str | None, start_embedded: bool = True) -> str:
     )
 
 
-def reraise_cancellation(exc: BaseException) -> None:
-    """In a loop that retries on Redis errors, re-raise a cancellation a library turned into its
-    own error (on 3.11 an `asyncio.timeout` that expires as its task is cancelled can raise
-    TimeoutError, and redis-py times its reads so). Retried as a Redis error, the cancel is lost
-    and stopping the loop waits forever: the likely cause of a notifier hang seen twice under
-    load in the test suite. The task still counts the request."""
+def raise_if_cancelled(cause: BaseException | None = None) -> None:
+    """Re-raise a cancel that redis-py dropped. It writes every command under `asyncio.wait_for`,
+    which on Python 3.11 returns the result when the write finishes in the same loop turn as a
+    cancel arrives, and the cancel is gone (CPython gh-86296, fixed in 3.12). A write to a local
+    socket finishes at once, so a loop that polls Redis and is stopped by `cancel()` misses it
+    now and then and runs on forever: the notifier hang in CI. The task still counts the cancel
+    (`Task.cancelling()`), so every loop that polls or retries Redis calls this once per turn
+    (`pause` does), and with the Redis error it caught as `cause`."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
-        raise asyncio.CancelledError from exc
+        raise asyncio.CancelledError from cause
+
+
+async def pause(seconds: float) -> None:
+    """`asyncio.sleep` for a loop that polls or retries Redis: a dropped cancel stops it first."""
+    raise_if_cancelled()
+    await asyncio.sleep(seconds)

@@ -62,7 +62,7 @@ from lvm_gateway.gateway.records import PredictionRecords
 from lvm_gateway.gateway.reload import ConfigWatcher
 from lvm_gateway.gateway.upstream import UpstreamPool, error_body
 from lvm_gateway.policies.base import Decision, RequestInfo, RoutingView
-from lvm_gateway.redisconn import binary, open_client, reraise_cancellation
+from lvm_gateway.redisconn import binary, open_client, pause, raise_if_cancelled
 
 log: Final = logging.getLogger("lvm_gateway")
 
@@ -287,15 +287,15 @@ class GatewayApp:
         assert self.redis is not None
         failing = False
         while True:
-            await asyncio.sleep(0.1)
+            await pause(0.1)
             try:
                 await self.records.flush(self.redis)
             except (RedisError, OSError) as exc:
-                reraise_cancellation(exc)
+                raise_if_cancelled(exc)
                 if not failing:
                     log.warning("prediction records not flushed, will retry: %s", exc)
                 failing = True
-                await asyncio.sleep(1.0)
+                await pause(1.0)
                 continue
             failing = False
 
@@ -315,9 +315,9 @@ class GatewayApp:
                 await self.redis.set(key_name, os.urandom(32).hex(), nx=True)
                 key = await self.redis.get(key_name)
             except (RedisError, OSError) as exc:
-                reraise_cancellation(exc)
+                raise_if_cancelled(exc)
                 log.debug("feedback token key waits for Redis: %s", exc)
-                await asyncio.sleep(backoff)
+                await pause(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
             if key is not None:

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from lvm_gateway.contract.rollout import Actor, Phase, RolloutStatus
 from lvm_gateway.errors import ConflictError, NotLeaderError, RolloutError
-from lvm_gateway.redisconn import open_client, reraise_cancellation
+from lvm_gateway.redisconn import open_client, raise_if_cancelled
 from lvm_gateway.rollout.aggregates import fold, observe
 from lvm_gateway.rollout.lease import Lease
 from lvm_gateway.rollout.notify import DeliveryStats, Notifier
@@ -148,7 +148,7 @@ async def run_controller(
             except NotLeaderError:
                 lease.lost()
             except (RedisError, OSError) as exc:
-                reraise_cancellation(exc)
+                raise_if_cancelled(exc)
                 if failing_since is None:
                     failing_since = time.monotonic()
                     log.warning("controller %s: Redis error: %s; retrying with back-off",

@@ -45,7 +45,7 @@ from lvm_gateway.contract.keys import HISTORY_MAXLEN, RedisKeys
 from lvm_gateway.contract.rollout import Actor, Phase
 from lvm_gateway.errors import NotLeaderError
 from lvm_gateway.logfmt import iso_time
-from lvm_gateway.redisconn import reraise_cancellation, text
+from lvm_gateway.redisconn import pause, raise_if_cancelled, text
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class Notifier:
                     try:
                         targets = await self._targets()
                     except (RedisError, OSError) as exc:
-                        reraise_cancellation(exc)
+                        raise_if_cancelled(exc)
                         log.debug("notifications wait for Redis: %s", exc)
                         targets = None
                     if targets is not None:
@@ -202,7 +202,7 @@ class Notifier:
                             if key not in workers or workers[key].done():
                                 task = self._worker(http, target)
                                 workers[key] = asyncio.create_task(task, name=f"notify-{key}")
-                    await asyncio.sleep(self.poll_s)
+                    await pause(self.poll_s)
             finally:
                 for task in workers.values():
                     task.cancel()
@@ -230,19 +230,19 @@ class Notifier:
                     busy |= await self._drain(http, target, name)
                 backoff = self.poll_s
                 if not busy:
-                    await asyncio.sleep(self.poll_s)
+                    await pause(self.poll_s)
             except NotLeaderError:
                 return  # the controller stops this notifier on its next tick
             except (RedisError, OSError) as exc:
-                reraise_cancellation(exc)
+                raise_if_cancelled(exc)
                 log.warning("notifications to %s wait for Redis: %s", target.label, exc)
-                await asyncio.sleep(backoff * random.uniform(1.0, 1.5))
+                await pause(backoff * random.uniform(1.0, 1.5))
                 backoff = min(backoff * 2, self.max_backoff_s)
             except Exception as exc:
-                reraise_cancellation(exc)
+                raise_if_cancelled(exc)
                 # A malformed history entry must not stop this webhook's notifications for good.
                 log.exception("notifications to %s failed; retrying", target.label)
-                await asyncio.sleep(self.max_backoff_s)
+                await pause(self.max_backoff_s)
 
     async def _start_of(self, target: NotificationSpec, name: str) -> str:
         """The exclusive lower bound of what this webhook still has to hear about `name`."""

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -273,6 +274,28 @@ async def test_a_bounded_backlog_and_a_missing_secret_are_recorded(
     )
     assert hooks["ok"].attempts == 0
     assert stats.counts == {(label, "any", "dropped"): 1, (label, "paused", "failed"): 2}
+
+
+async def test_a_notifier_cancelled_at_any_moment_stops(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """Cancelled mid-poll against a real Redis, the notifier stops every time. Before
+    redisconn.raise_if_cancelled, redis-py's write under `wait_for` dropped the cancel within
+    the first four tries here (three runs) and the notifier polled on forever (the CI hang)."""
+    policy = policy_with_hooks(tmp_path / "p.yaml", prefix, [
+        {"url": "http://127.0.0.1:9/hook", "events": ["paused"], "secret_env": SECRET_ENV},
+    ])  # fmt: skip
+    rng = random.Random(7)
+    async with rollout_store(redis_url, policy) as store:
+        await ops.start(store, "phase2", "gina")
+        await store.client.set(RedisKeys(prefix).leader, "1:test")
+        for attempt in range(40):
+            notifier = Notifier(store.client, prefix, "test", lambda: "1:test", poll_s=0.01)
+            task = asyncio.create_task(notifier.run())
+            await asyncio.sleep(rng.uniform(0.0, 0.15))
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=5)
+            assert done, f"attempt {attempt}: the notifier ignored its cancellation"
 
 
 async def test_a_client_error_is_final_after_one_attempt(

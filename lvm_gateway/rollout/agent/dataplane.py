@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from lvm_gateway.config.load import Config
 from lvm_gateway.errors import RolloutError
-from lvm_gateway.redisconn import open_client, reraise_cancellation
+from lvm_gateway.redisconn import open_client, pause, raise_if_cancelled
 from lvm_gateway.rollout.agent.recorder import WindowRecorder
 from lvm_gateway.rollout.agent.snapshot import Pair, RolloutSnapshot
 from lvm_gateway.rollout.controller import run_controller
@@ -140,11 +140,11 @@ class RolloutDataPlane:
                     await self._store.register_specs(config)
                     registered = True
                 backoff = 0.1
-                await asyncio.sleep(self.recheck_interval_s)
+                await pause(self.recheck_interval_s)
             except (RedisError, OSError) as exc:
-                reraise_cancellation(exc)
+                raise_if_cancelled(exc)
                 log.debug("registering rollouts waits for Redis: %s", exc)
-                await asyncio.sleep(backoff)
+                await pause(backoff)
                 backoff = min(backoff * 2, 2.0)
             except RolloutError as exc:  # a retired rollout could not be aborted: say so
                 log.warning("registering rollouts: %s", exc)
@@ -153,7 +153,7 @@ class RolloutDataPlane:
     async def _flush_loop(self) -> None:
         ticks = 0
         while True:
-            await asyncio.sleep(self.flush_interval_s)
+            await pause(self.flush_interval_s)
             ticks += 1
             try:
                 await self.recorder.flush(self._client)
@@ -161,7 +161,7 @@ class RolloutDataPlane:
                     names = list(self.snapshot.weights)
                     self.analyses = MappingProxyType(await self._store.analyses(names))
             except (RedisError, OSError) as exc:
-                reraise_cancellation(exc)
+                raise_if_cancelled(exc)
                 log.debug("window flush deferred: %s", exc)
 
     async def stop(self) -> None:

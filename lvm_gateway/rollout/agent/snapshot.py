@@ -31,7 +31,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from lvm_gateway.contract.rollout import Phase, RolloutStatus
-from lvm_gateway.redisconn import open_client, reraise_cancellation
+from lvm_gateway.redisconn import open_client, pause, raise_if_cancelled
 from lvm_gateway.rollout.store import RolloutStore
 
 log = logging.getLogger(__name__)
@@ -159,17 +159,17 @@ class RolloutSnapshot:
                 backoff = 0.05
                 await self._follow(store, pubsub, epoch)
             except (RedisError, OSError) as exc:
-                reraise_cancellation(exc)
+                raise_if_cancelled(exc)
                 if self.connected:
                     log.warning("rollout snapshot lost Redis (%s); keeping last weights", exc)
                 self.connected = False
-                await asyncio.sleep(backoff)
+                await pause(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
             except Exception:
                 # A malformed record must not freeze the weights for good: log, retry.
                 log.exception("rollout snapshot failed to read rollouts; retrying")
                 self.connected = False
-                await asyncio.sleep(_MAX_BACKOFF_S)
+                await pause(_MAX_BACKOFF_S)
             finally:
                 await _quietly_close(pubsub, client)
 
@@ -177,6 +177,7 @@ class RolloutSnapshot:
         loop = asyncio.get_running_loop()
         next_poll = loop.time() + self.poll_interval_s
         while True:
+            raise_if_cancelled()
             message = await pubsub.get_message(
                 ignore_subscribe_messages=True, timeout=self.poll_interval_s
             )
