@@ -41,6 +41,7 @@ from lvm_gateway.redisconn import (
     embedded_status,
     home_dir,
     open_client,
+    pause,
     redact_url,
     resolve_redis_url,
     stop_embedded,
@@ -257,7 +258,7 @@ async def wait_for_outcome(
             err.print(f"rolloutctl: {name} still {status.phase} after {timeout_s:g}s",
                       markup=False)  # fmt: skip
             return EXIT_TIMEOUT
-        await asyncio.sleep(min(poll_s, left))
+        await pause(min(poll_s, left))
 
 
 async def _status_view(store: RolloutStore, args: argparse.Namespace) -> list[RenderableType]:
@@ -288,7 +289,7 @@ async def cmd_status(store: RolloutStore, args: argparse.Namespace) -> int:
                 # A blip must not end the watch: show the last view under a warning, retry.
                 line = Text(f"{stamp}  Redis unreachable ({exc}); retrying", "bold red")
             live.update(Group(line, *view))
-            await asyncio.sleep(0.5)
+            await pause(0.5)  # Ctrl-C cancels this task
 
 
 def history_lines(events: list[dict[str, Any]], steps: list[Any], wide: bool) -> Group:
