@@ -15,8 +15,8 @@ from lvm_gateway.rollout.notify import Notifier
 
 
 class _SwallowingClient:
-    """What redis-py does when its read timeout and a cancellation fire together on 3.11: the
-    command ends with its own TimeoutError instead of CancelledError."""
+    """A client library that turns a cancellation into its own error: the command ends with a
+    Redis TimeoutError instead of CancelledError."""
 
     def register_script(self, _: str) -> object:
         return object()
