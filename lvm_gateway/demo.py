@@ -43,7 +43,7 @@ from lvm_gateway import termout
 from lvm_gateway.contract import oip
 from lvm_gateway.lvm.traffic import TrafficConfig, TrafficReport, render, run_traffic
 from lvm_gateway.procs import free_port, start, stop, wait_http
-from lvm_gateway.redisconn import ensure_embedded, home_dir, open_client, redact_url
+from lvm_gateway.redisconn import ensure_embedded, home_dir, open_client, pause, redact_url
 from lvm_gateway.rollout import ops
 from lvm_gateway.rollout.cli import history_lines, status_table, step_text, steps_of
 from lvm_gateway.rollout.store import RolloutStore
@@ -206,7 +206,7 @@ async def act_rollout(
         with contextlib.suppress(Exception):
             await store.registered(name)
             break
-        await asyncio.sleep(0.2)
+        await pause(0.2)
     status = await ops.start(store, name, identity="make demo")
     steps = await steps_of(store, name)
     console.print(
@@ -228,7 +228,7 @@ async def act_rollout(
                 live.update(Panel(Group(*parts), title=title))
                 if phase in TERMINAL:
                     break
-                await asyncio.sleep(0.5)
+                await pause(0.5)  # Ctrl-C cancels this task
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
